@@ -1,0 +1,91 @@
+// swift-tools-version: 6.1
+// swift-vfio-user: a vfio-user device server, client library and conformance suite.
+//
+// Layers, imported strictly downward:
+//   CVFIOUserShim      C shim for what Glibc does not import (eventfd, memfd, CMSG)
+//   VFIOUserProtocol   wire format: pure values and codecs, no I/O
+//   VFIOUserTransport  Unix sockets, SCM_RIGHTS, eventfd, memfd, mmap
+//   PCICore            the vfio-pci-core equivalent: config space, regions, IRQs, DMA, reset, migration
+//   VFIOUserServer     connection lifecycle and message dispatcher
+//   DeviceSpecs        JSON device descriptions and their validation
+//   VariantDevices     IGD, NVLink2, Grace, migratable VF, ...: built on PCICore's public API only
+//   VFIOUserClient     client library (the VMM side)
+//   vfu                the command-line tool
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+]
+
+let package = Package(
+    name: "swift-vfio-user",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vfu", targets: ["vfu"]),
+        .library(name: "VFIOUserProtocol", targets: ["VFIOUserProtocol"]),
+        .library(name: "VFIOUserClient", targets: ["VFIOUserClient"]),
+        .library(name: "VFIOUserServer", targets: ["VFIOUserServer"]),
+        .library(name: "PCICore", targets: ["PCICore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        .target(name: "CVFIOUserShim"),
+        .target(name: "VFIOUserProtocol", swiftSettings: strict),
+        .target(
+            name: "VFIOUserTransport",
+            dependencies: [
+                "CVFIOUserShim", "VFIOUserProtocol",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "PCICore",
+            dependencies: ["VFIOUserProtocol", "VFIOUserTransport"],
+            swiftSettings: strict),
+        .target(
+            name: "VFIOUserServer",
+            dependencies: [
+                "VFIOUserProtocol", "VFIOUserTransport", "PCICore",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(
+            name: "DeviceSpecs",
+            dependencies: ["PCICore", "VFIOUserProtocol"],
+            swiftSettings: strict),
+        .target(
+            name: "VariantDevices",
+            dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
+            name: "VFIOUserClient",
+            dependencies: ["VFIOUserProtocol", "VFIOUserTransport"],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "vfu",
+            dependencies: [
+                "VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer",
+                "DeviceSpecs", "VariantDevices", "VFIOUserClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "VFIOUserProtocolTests", dependencies: ["VFIOUserProtocol"], swiftSettings: strict),
+        .testTarget(name: "VFIOUserTransportTests", dependencies: ["VFIOUserTransport", "CVFIOUserShim"], swiftSettings: strict),
+        .testTarget(name: "PCICoreTests", dependencies: ["PCICore"], swiftSettings: strict),
+        .testTarget(
+            name: "VFIOUserServerTests",
+            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim"],
+            swiftSettings: strict),
+        .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore"], swiftSettings: strict),
+        .testTarget(
+            name: "VariantDevicesTests",
+            dependencies: ["VariantDevices", "DeviceSpecs", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserProtocol"],
+            swiftSettings: strict),
+    ]
+)

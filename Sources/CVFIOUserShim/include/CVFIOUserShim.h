@@ -1,0 +1,45 @@
+// What Swift cannot import from Glibc: eventfd, memfd_create, accept4 and the
+// CMSG_* macros. The fd-passing send/receive is done here in C because the
+// CMSG arithmetic is macro-only; everything else lives in Swift.
+#ifndef CVFIOUSERSHIM_H
+#define CVFIOUSERSHIM_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// eventfd(2) with EFD_CLOEXEC, optionally EFD_NONBLOCK. Returns -1 and errno on failure.
+int vfu_eventfd(unsigned int initval, int nonblocking);
+/// memfd_create(2) with MFD_CLOEXEC. Returns -1 and errno on failure.
+int vfu_memfd_create(const char *name);
+/// accept4(2) with SOCK_CLOEXEC.
+int vfu_accept_cloexec(int fd);
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
+int vfu_socketpair(int fds[2]);
+
+/// Sends the whole of buf (looping on partial writes) with MSG_NOSIGNAL. The fds
+/// ride on the first sendmsg only. Returns 0, or -1 with errno.
+int vfu_send_all(int sock, const void *buf, size_t len, const int *fds, int nfds);
+
+/// Sends two buffers as one message (header and payload) without copying them together.
+int vfu_send_all2(int sock, const void *a, size_t alen, const void *b, size_t blen, const int *fds, int nfds);
+
+/// Receives exactly len bytes (unless EOF), collecting SCM_RIGHTS fds from the
+/// first recvmsg with MSG_CMSG_CLOEXEC.
+/// Returns the number of bytes received (< len only at EOF), or -1 with errno.
+/// *nfds receives the number of fds stored in fds (at most max_fds); *extra_fds
+/// counts fds that arrived but did not fit (they are closed here); *ctrunc is set
+/// when the kernel reported MSG_CTRUNC (all received fds are closed then).
+ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
+                       int *extra_fds, int *ctrunc);
+
+/// recv exactly len bytes without ancillary data. Returns bytes read (< len at EOF) or -1.
+ssize_t vfu_read_exact(int sock, void *buf, size_t len);
+
+/// Waits until fd is readable or timeout_ms passes (-1 = forever). Returns 1 readable, 0 timeout, -1 error.
+int vfu_poll_readable(int fd, int timeout_ms);
+
+/// The calling thread's kernel thread id (for thread ownership checks).
+long vfu_gettid(void);
+/// Names the calling thread (visible in top/gdb); truncated to 15 bytes.
+void vfu_set_thread_name(const char *name);
+#endif

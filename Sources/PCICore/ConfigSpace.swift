@@ -1,0 +1,147 @@
+import VFIOUserProtocol
+
+/// A function's configuration space as the client sees it: 256 bytes, or 4 KiB
+/// for PCI Express, with a per-bit write policy in the manner of vfio-pci-core.
+///
+/// Every byte has a write mask (bits software may change) and a write-1-to-clear
+/// mask. Registers whose value is computed (BARs, Interrupt Status, MSI pending
+/// bits, ...) or whose writes have side effects (FLR, MSI enable) are served by
+/// dword hooks. Guarded by the owning device's lock.
+public final class ConfigSpace: @unchecked Sendable {
+    /// A computed or side-effecting dword.
+    public struct Hook: Sendable {
+        /// Returns the dword's current value; nil = use the stored bytes.
+        public var read: (@Sendable (_ stored: UInt32) -> UInt32)?
+        /// Called after the write policy has updated the stored bytes.
+        /// `written` has a 0xFF byte lane for each byte the access touched.
+        public var write: (@Sendable (_ old: UInt32, _ new: UInt32, _ written: UInt32) -> Void)?
+
+        public init(read: (@Sendable (_ stored: UInt32) -> UInt32)? = nil,
+                    write: (@Sendable (_ old: UInt32, _ new: UInt32, _ written: UInt32) -> Void)? = nil) {
+            self.read = read
+            self.write = write
+        }
+    }
+
+    public let size: Int
+    public private(set) var bytes: [UInt8]
+    public private(set) var writeMask: [UInt8]
+    public private(set) var w1cMask: [UInt8]
+    private var hooks: [Int: [Hook]] = [:]
+    private var powerOn: (bytes: [UInt8], writeMask: [UInt8], w1cMask: [UInt8])?
+
+    public init(size: Int) {
+        precondition(size == 256 || size == 4096, "config space is 256 or 4096 bytes")
+        self.size = size
+        bytes = [UInt8](repeating: 0, count: size)
+        writeMask = bytes
+        w1cMask = bytes
+    }
+
+    // MARK: Building
+
+    /// Sets a field's power-on value and write policy (bytes, little-endian).
+    public func define(offset: Int, width: Int, value: UInt64, writable: UInt64 = 0, writeOneToClear: UInt64 = 0) {
+        precondition(offset >= 0 && offset + width <= size)
+        for i in 0..<width {
+            let s = UInt64(8 * i)
+            bytes[offset + i] = UInt8(truncatingIfNeeded: value >> s)
+            writeMask[offset + i] = UInt8(truncatingIfNeeded: writable >> s)
+            w1cMask[offset + i] = UInt8(truncatingIfNeeded: writeOneToClear >> s)
+        }
+    }
+
+    /// Copies raw bytes in (capability bodies) with their masks.
+    public func define(offset: Int, bytes src: [UInt8], writeMask wm: [UInt8]? = nil, w1cMask wc: [UInt8]? = nil) {
+        precondition(offset >= 0 && offset + src.count <= size)
+        for i in 0..<src.count {
+            bytes[offset + i] = src[i]
+            writeMask[offset + i] = wm.map { i < $0.count ? $0[i] : 0 } ?? 0
+            w1cMask[offset + i] = wc.map { i < $0.count ? $0[i] : 0 } ?? 0
+        }
+    }
+
+    /// Adds a hook on the dword at `offset` (rounded down to 4). Several hooks on one
+    /// dword run in the order they were added; the last read hook wins.
+    public func intercept(dword offset: Int, _ hook: Hook) {
+        precondition(offset >= 0 && offset < size)
+        hooks[offset & ~3, default: []].append(hook)
+    }
+
+    /// Records the current contents as the power-on state that `reset()` restores.
+    public func sealPowerOnState() { powerOn = (bytes, writeMask, w1cMask) }
+
+    /// Returns every register to its power-on value.
+    public func reset() {
+        guard let p = powerOn else { return }
+        bytes = p.bytes
+        writeMask = p.writeMask
+        w1cMask = p.w1cMask
+    }
+
+    // MARK: Raw access for the device model (no policy, no hooks)
+
+    public func load8(_ o: Int) -> UInt8 { bytes[o] }
+    public func load16(_ o: Int) -> UInt16 { bytes.le16(at: o) }
+    public func load32(_ o: Int) -> UInt32 { bytes.le32(at: o) }
+    public func store8(_ v: UInt8, _ o: Int) { bytes[o] = v }
+    public func store16(_ v: UInt16, _ o: Int) { bytes.setLE16(v, at: o) }
+    public func store32(_ v: UInt32, _ o: Int) { bytes.setLE32(v, at: o) }
+
+    /// The dword as a client would read it (hooks applied).
+    public func effectiveDword(_ offset: Int) -> UInt32 {
+        let d = offset & ~3
+        var v = bytes.le32(at: d)
+        if let hs = hooks[d] { for h in hs { if let r = h.read { v = r(v) } } }
+        return v
+    }
+
+    // MARK: Client access
+
+    /// A client read: bounds-checked, hooks applied.
+    public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
+        guard count >= 0, offset <= UInt64(size), UInt64(count) <= UInt64(size) - offset else { throw .EINVAL }
+        let o = Int(offset)
+        var out = Array(bytes[o..<(o + count)])
+        if hooks.isEmpty { return out }
+        var d = o & ~3
+        while d < o + count {
+            if let hs = hooks[d], hs.contains(where: { $0.read != nil }) {
+                let v = effectiveDword(d)
+                for lane in 0..<4 where d + lane >= o && d + lane < o + count {
+                    out[d + lane - o] = UInt8(truncatingIfNeeded: v >> UInt32(8 * lane))
+                }
+            }
+            d += 4
+        }
+        return out
+    }
+
+    /// A client write: each byte changes only where its write mask allows; W1C bits
+    /// clear where a 1 is written; then the touched dwords' hooks run.
+    public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
+        let count = data.count
+        guard offset <= UInt64(size), UInt64(count) <= UInt64(size) - offset else { throw .EINVAL }
+        let o = Int(offset)
+        var d = o & ~3
+        while d < o + count {
+            let old = bytes.le32(at: d)
+            var lanes: UInt32 = 0
+            for lane in 0..<4 {
+                let i = d + lane
+                guard i >= o && i < o + count else { continue }
+                let v = data[data.startIndex + (i - o)]
+                let wm = writeMask[i], c = w1cMask[i]
+                var b = (bytes[i] & ~wm) | (v & wm)
+                b &= ~(v & c)
+                bytes[i] = b
+                lanes |= 0xFF << UInt32(8 * lane)
+            }
+            if let hs = hooks[d] {
+                let new = bytes.le32(at: d)
+                for h in hs { h.write?(old, new, lanes) }
+            }
+            d += 4
+        }
+    }
+}

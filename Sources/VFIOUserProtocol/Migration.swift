@@ -1,0 +1,213 @@
+// Migration v2 payloads (reference §5): DEVICE_FEATURE data layouts and the
+// MIG_DATA_READ/WRITE stream commands. QEMU 10.1 sends none of these; they
+// serve libvfio-user-compatible clients.
+
+/// Data of the MIGRATION feature (GET): a u64 of these flags.
+public struct MigrationFeatureFlags: OptionSet, Hashable, WirePayload {
+    public var rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    /// Mandatory.
+    public static let stopCopy = MigrationFeatureFlags(rawValue: 0x1)
+    /// Not for vfio-user.
+    public static let p2p = MigrationFeatureFlags(rawValue: 0x2)
+    public static let preCopy = MigrationFeatureFlags(rawValue: 0x4)
+
+    public init(from r: inout WireReader) throws(ProtocolError) { rawValue = try r.u64() }
+    public func encode(into w: inout WireWriter) { w.u64(rawValue) }
+}
+
+/// `enum vfio_device_mig_state`.
+public enum MigrationState: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    case error = 0
+    case stop = 1
+    case running = 2
+    case stopCopy = 3
+    case resuming = 4
+    case runningP2P = 5
+    case preCopy = 6
+    case preCopyP2P = 7
+
+    public var description: String {
+        switch self {
+        case .error: "ERROR"; case .stop: "STOP"; case .running: "RUNNING"; case .stopCopy: "STOP_COPY"
+        case .resuming: "RESUMING"; case .runningP2P: "RUNNING_P2P"; case .preCopy: "PRE_COPY"
+        case .preCopyP2P: "PRE_COPY_P2P"
+        }
+    }
+}
+
+/// Data of the MIG_DEVICE_STATE feature (GET/SET), 8 bytes.
+public struct MigDeviceState: WirePayload, Hashable {
+    public var deviceState: UInt32
+    /// Unused in vfio-user (the stream goes over MIG_DATA_READ/WRITE); send 0.
+    public var dataFD: UInt32
+
+    public init(deviceState: UInt32, dataFD: UInt32 = 0) {
+        self.deviceState = deviceState
+        self.dataFD = dataFD
+    }
+
+    public init(state: MigrationState, dataFD: UInt32 = 0) { self.init(deviceState: state.rawValue, dataFD: dataFD) }
+
+    /// nil for values outside the enum.
+    public var state: MigrationState? { MigrationState(rawValue: deviceState) }
+
+    public init(from r: inout WireReader) throws(ProtocolError) { deviceState = try r.u32(); dataFD = try r.u32() }
+    public func encode(into w: inout WireWriter) { w.u32(deviceState); w.u32(dataFD) }
+}
+
+/// An IOVA range for DMA logging.
+public struct DMALoggingRange: Hashable, Sendable {
+    public var iova: UInt64
+    public var length: UInt64
+    public init(iova: UInt64, length: UInt64) {
+        self.iova = iova
+        self.length = length
+    }
+}
+
+/// Data of DMA_LOGGING_START (SET): `page_size` u64, `num_ranges` u32,
+/// reserved u32, ranges inline (Linux passes a pointer instead). No ranges
+/// means "log everything". The reply echoes it with the chosen page size.
+public struct DMALoggingStart: WirePayload, Hashable {
+    public var pageSize: UInt64
+    public var ranges: [DMALoggingRange]
+
+    public init(pageSize: UInt64, ranges: [DMALoggingRange] = []) {
+        self.pageSize = pageSize
+        self.ranges = ranges
+    }
+
+    public init(from r: inout WireReader) throws(ProtocolError) {
+        pageSize = try r.u64()
+        let n = Int(try r.u32())
+        try r.skip(4)
+        guard n <= r.remaining / 16 else { throw .truncated(needed: 16 * n, available: r.remaining) }
+        ranges = []
+        ranges.reserveCapacity(n)
+        for _ in 0 ..< n { ranges.append(DMALoggingRange(iova: try r.u64(), length: try r.u64())) }
+    }
+
+    public func encode(into w: inout WireWriter) {
+        w.u64(pageSize); w.u32(UInt32(truncatingIfNeeded: ranges.count)); w.u32(0)
+        for range in ranges { w.u64(range.iova); w.u64(range.length) }
+    }
+}
+
+/// Data of DMA_LOGGING_REPORT (GET): `iova`, `length`, `page_size` (u64 each),
+/// and in the reply the bitmap: bit k (LSB-first in u64 word k / 64) is page
+/// `iova + k * page_size`. The request carries no bitmap.
+public struct DMALoggingReport: WirePayload, Hashable {
+    public static let fixedSize = 24
+
+    public var iova: UInt64
+    public var length: UInt64
+    public var pageSize: UInt64
+    public var bitmap: [UInt64]
+
+    public init(iova: UInt64, length: UInt64, pageSize: UInt64, bitmap: [UInt64] = []) {
+        self.iova = iova
+        self.length = length
+        self.pageSize = pageSize
+        self.bitmap = bitmap
+    }
+
+    /// u64 words the bitmap needs: ⌈length / pageSize / 64⌉ (pages rounded up). 0 for page size 0.
+    public static func bitmapWords(length: UInt64, pageSize: UInt64) -> Int {
+        guard pageSize > 0 else { return 0 }
+        let pages = length / pageSize + (length % pageSize == 0 ? 0 : 1)
+        return Int(clamping: (pages + 63) / 64)
+    }
+
+    /// Decodes the bitmap as all whole u64 words after the fixed part.
+    public init(from r: inout WireReader) throws(ProtocolError) {
+        iova = try r.u64(); length = try r.u64(); pageSize = try r.u64()
+        let n = r.remaining / 8
+        bitmap = []
+        bitmap.reserveCapacity(n)
+        for _ in 0 ..< n { bitmap.append(try r.u64()) }
+    }
+
+    public func encode(into w: inout WireWriter) {
+        w.u64(iova); w.u64(length); w.u64(pageSize)
+        for word in bitmap { w.u64(word) }
+    }
+}
+
+/// Data of MIG_DATA_SIZE (GET; Linux only): estimated bytes left for STOP_COPY.
+public struct MigDataSize: WirePayload, Hashable {
+    public var stopCopyLength: UInt64
+    public init(stopCopyLength: UInt64) { self.stopCopyLength = stopCopyLength }
+    public init(from r: inout WireReader) throws(ProtocolError) { stopCopyLength = try r.u64() }
+    public func encode(into w: inout WireWriter) { w.u64(stopCopyLength) }
+}
+
+/// MIG_DATA_READ request (reference §5.3).
+public struct MigDataRead: WirePayload, Hashable {
+    /// Largest reply payload (≥ 8 + size).
+    public var argsz: UInt32
+    /// Bytes wanted.
+    public var size: UInt32
+
+    public init(argsz: UInt32, size: UInt32) {
+        self.argsz = argsz
+        self.size = size
+    }
+
+    public init(from r: inout WireReader) throws(ProtocolError) { argsz = try r.u32(); size = try r.u32() }
+    public func encode(into w: inout WireWriter) { w.u32(argsz); w.u32(size) }
+}
+
+/// MIG_DATA_READ reply: `argsz` = 8 + returned bytes, `size` = returned bytes,
+/// then the data. A short `size` means no more data for now.
+///
+/// Decoding takes exactly `size` bytes: libvfio-user pads the message to the
+/// requested size, so `msg_size` does not give the data length.
+public struct MigDataReadReply: WirePayload, Hashable {
+    public var argsz: UInt32
+    public var size: UInt32
+    public var data: [UInt8]
+
+    public init(argsz: UInt32, size: UInt32, data: [UInt8]) {
+        self.argsz = argsz
+        self.size = size
+        self.data = data
+    }
+
+    public init(data: [UInt8]) {
+        self.init(argsz: UInt32(8 + data.count), size: UInt32(data.count), data: data)
+    }
+
+    public init(from r: inout WireReader) throws(ProtocolError) {
+        argsz = try r.u32(); size = try r.u32()
+        data = Array(try r.bytes(Int(size)))
+    }
+
+    public func encode(into w: inout WireWriter) { w.u32(argsz); w.u32(size); w.append(data) }
+}
+
+/// MIG_DATA_WRITE request: `size` bytes of the stream. The reply is empty.
+/// Decoding takes exactly `size` bytes and fails if fewer are present.
+public struct MigDataWrite: WirePayload, Hashable {
+    public var argsz: UInt32
+    public var size: UInt32
+    public var data: [UInt8]
+
+    public init(argsz: UInt32, size: UInt32, data: [UInt8]) {
+        self.argsz = argsz
+        self.size = size
+        self.data = data
+    }
+
+    public init(data: [UInt8]) {
+        self.init(argsz: UInt32(8 + data.count), size: UInt32(data.count), data: data)
+    }
+
+    public init(from r: inout WireReader) throws(ProtocolError) {
+        argsz = try r.u32(); size = try r.u32()
+        data = Array(try r.bytes(Int(size)))
+    }
+
+    public func encode(into w: inout WireWriter) { w.u32(argsz); w.u32(size); w.append(data) }
+}

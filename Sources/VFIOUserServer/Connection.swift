@@ -1,0 +1,227 @@
+import Glibc
+import Logging
+import PCICore
+import Synchronization
+import VFIOUserProtocol
+import VFIOUserTransport
+
+/// One client connection, served by its own OS thread.
+///
+/// The thread reads messages in order and dispatches client commands one at a
+/// time (the protocol requires strict ordering; QEMU relies on it for posted
+/// writes). Replies to the server's own requests (DMA_READ / DMA_WRITE) are
+/// routed to whoever waits for them. If the device needs client memory through
+/// messages while this very thread is dispatching, the thread keeps reading in a
+/// nested loop: replies are consumed, commands are queued and run afterwards, so
+/// neither side ever waits on the other.
+final class Connection: DMAMessageTransport, @unchecked Sendable {
+    let socket: MessageSocket
+    let device: PCIDevice
+    let options: ServerOptions
+    let logger: Logger
+    let number: Int
+    let session: SessionID
+
+    // Negotiated state; touched only by the reader thread after VERSION.
+    var versioned = false
+    var clientCapabilities = VersionCapabilities()
+    var agreedExtensions: Set<String> = []
+
+    private let readerThread = Mutex(0)
+    private let pending = Mutex<(next: UInt16, waiters: [UInt16: Completion<ReceivedMessage?>])>((1, [:]))
+    // Reader thread only.
+    private var deferred: [ReceivedMessage] = []
+    private var streamBroken = false
+
+    init(socket: MessageSocket, device: PCIDevice, options: ServerOptions, logger: Logger, number: Int) {
+        self.socket = socket
+        self.device = device
+        self.options = options
+        self.number = number
+        var l = logger
+        l[metadataKey: "conn"] = "\(number)"
+        self.logger = l
+        session = device.openSession()
+    }
+
+    var maxTransferSize: Int { clientCapabilities.effectiveMaxDataXferSize }
+
+    // MARK: Reader loop
+
+    func run() {
+        readerThread.withLock { $0 = currentThreadID() }
+        logger.info("client connected")
+        defer { finish() }
+        while !streamBroken {
+            guard let msg = nextMessage() else { break }
+            if options.trace { logger.info("← \(traceDescription(header: msg.header, payload: Array(msg.payload)))") }
+            let h = msg.header
+            guard let kind = h.kind else {
+                msg.closeFDs()
+                logger.warning("message #\(h.messageID) has invalid type bits in flags 0x\(String(h.flags, radix: 16)); closing")
+                sendError(to: h, .EINVAL)
+                break
+            }
+            if kind == .reply {
+                route(msg)
+                continue
+            }
+            dispatch(msg)
+        }
+    }
+
+    /// The next message to handle: a queued one first, else one from the socket.
+    /// nil ends the connection.
+    private func nextMessage() -> ReceivedMessage? {
+        if !deferred.isEmpty { return deferred.removeFirst() }
+        while true {
+            do {
+                return try socket.receive(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs)
+            } catch .framing(let h, let why) {
+                logger.warning("framing error (\(why)); closing")
+                sendError(to: h, .EINVAL)
+                return nil
+            } catch .tooManyFDs(let h, let n, let limit) {
+                logger.warning("\(h.command) #\(h.messageID) carried \(n) fds (limit \(limit)); rejected")
+                if !h.noReply && !h.isReply { sendError(to: h, .EINVAL) }
+                continue
+            } catch {
+                if case .transport(let t) = error, t != .closed { logger.warning("connection error: \(t)") }
+                return nil
+            }
+        }
+    }
+
+    private func route(_ msg: ReceivedMessage) {
+        let waiter = pending.withLock { $0.waiters.removeValue(forKey: msg.header.messageID) }
+        if let waiter {
+            waiter.fulfil(msg)
+        } else {
+            msg.closeFDs()
+            logger.warning("unexpected reply #\(msg.header.messageID) (\(msg.header.command)); answered EINVAL")
+            sendError(to: msg.header, .EINVAL)
+        }
+    }
+
+    private func dispatch(_ msg: ReceivedMessage) {
+        let h = msg.header
+        let outcome = Dispatcher.handle(msg, on: self)
+        switch outcome {
+        case .reply(let payload, let fds, let consumedFDs):
+            if !consumedFDs { msg.closeFDs() }
+            if !h.noReply { send(MessageHeader.reply(to: h, payloadSize: payload.count), payload, fds: fds) }
+        case .error(let e, let consumedFDs):
+            if !consumedFDs { msg.closeFDs() }
+            logger.debug("\(h.command) #\(h.messageID) failed: \(e)")
+            if !h.noReply { sendError(to: h, e) }
+        case .errorThenClose(let e):
+            msg.closeFDs()
+            logger.warning("\(h.command) #\(h.messageID) failed: \(e); closing")
+            sendError(to: h, e)
+            streamBroken = true
+        }
+    }
+
+    // MARK: Sending
+
+    func send(_ header: MessageHeader, _ payload: [UInt8], fds: [Int32] = []) {
+        if options.trace { logger.info("→ \(traceDescription(header: header, payload: payload))") }
+        do { try socket.send(header: header, payload: payload, fds: fds) } catch {
+            logger.debug("send failed: \(error)")
+            streamBroken = true
+        }
+    }
+
+    func sendError(to h: MessageHeader, _ e: VFIOErrno) {
+        send(MessageHeader.errorReply(to: h, errno: e), [])
+    }
+
+    // MARK: Server → client requests
+
+    /// Sends a request to the client and returns its reply.
+    func request(_ command: Command, payload: [UInt8]) throws(VFIOErrno) -> ReceivedMessage {
+        let completion = Completion<ReceivedMessage?>()
+        let id: UInt16 = pending.withLock { p in
+            let id = p.next
+            p.next &+= 1
+            p.waiters[id] = completion
+            return id
+        }
+        let header = MessageHeader(messageID: id, command: command, messageSize: 0)
+        send(header, payload)
+        let onReader = readerThread.withLock { $0 } == currentThreadID()
+        let reply: ReceivedMessage?
+        if onReader {
+            reply = awaitOnReaderThread(id: id, completion: completion)
+        } else {
+            // Let the connection threads go on while we wait for the client.
+            reply = device.lock.suspend { completion.wait(timeoutMs: options.clientReplyTimeoutMs) } ?? nil
+        }
+        pending.withLock { _ = $0.waiters.removeValue(forKey: id) }
+        guard let reply else { throw .ETIMEDOUT }
+        defer { reply.closeFDs() }
+        if reply.header.isError { throw VFIOErrno(reply.header.errorNumber == 0 ? 5 : reply.header.errorNumber) }
+        return reply
+    }
+
+    /// Reads on while we wait: replies are routed, commands are queued for later.
+    private func awaitOnReaderThread(id: UInt16, completion: Completion<ReceivedMessage?>) -> ReceivedMessage? {
+        var remaining = options.clientReplyTimeoutMs
+        while !streamBroken {
+            if let done = completion.wait(timeoutMs: 0) { return done }
+            let start = monotonicMs()
+            guard socket.waitReadable(timeoutMs: Int32(remaining)) else { return nil }
+            remaining -= monotonicMs() - start
+            do {
+                guard let m = try socket.receive(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs) else {
+                    streamBroken = true
+                    return nil
+                }
+                if m.header.isReply { route(m) } else { deferred.append(m) }
+            } catch {
+                streamBroken = true
+                return nil
+            }
+            if remaining <= 0 { return completion.wait(timeoutMs: 0) ?? nil }
+        }
+        return nil
+    }
+
+    func dmaRead(address: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
+        let req = DMAAccess(address: address, count: UInt64(count)).encoded
+        let reply = try request(.dmaRead, payload: req)
+        do {
+            let access = try DMAAccess.decodeDMAReadReply(Array(reply.payload), expectedCount: UInt64(count))
+            return access.data
+        } catch {
+            throw .EIO
+        }
+    }
+
+    func dmaWrite(address: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
+        let req = DMAAccess(address: address, count: UInt64(data.count), data: Array(data)).encoded
+        _ = try request(.dmaWrite, payload: req)
+    }
+
+    // MARK: End of connection
+
+    private func finish() {
+        for m in deferred { m.closeFDs() }
+        deferred.removeAll()
+        let waiters = pending.withLock { p in
+            let w = p.waiters
+            p.waiters.removeAll()
+            return w
+        }
+        for w in waiters.values { w.fulfil(nil) }
+        device.closeSession(session)
+        socket.fd.close()
+        logger.info("client disconnected")
+    }
+}
+
+func monotonicMs() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}

@@ -1,0 +1,216 @@
+import PCICore
+import VFIOUserProtocol
+import VFIOUserTransport
+
+/// What handling a command produced.
+enum Outcome {
+    /// Success: the reply payload, fds to attach, and whether the request's fds now
+    /// belong to the device (else they are closed).
+    case reply([UInt8], fds: [Int32] = [], consumedFDs: Bool = false)
+    case error(VFIOErrno, consumedFDs: Bool = false)
+    /// The connection cannot go on (e.g. negotiation failed): reply, then close.
+    case errorThenClose(VFIOErrno)
+}
+
+/// Maps each command to the device. Pure request → outcome, except for VERSION,
+/// which updates the connection's negotiated state.
+enum Dispatcher {
+    static func handle(_ msg: ReceivedMessage, on c: Connection) -> Outcome {
+        let h = msg.header
+        guard c.versioned || h.command == .version else {
+            // libvfio-user does the same: anything before VERSION ends the connection.
+            return .errorThenClose(.EINVAL)
+        }
+        // Only these commands carry fds; anything else with fds is ambiguous.
+        if !msg.fds.isEmpty && h.command != .dmaMap && h.command != .deviceSetIRQs {
+            return h.command == .version ? .errorThenClose(.EINVAL) : .error(.EINVAL)
+        }
+        do {
+            switch h.command {
+            case .version: return version(msg, c)
+            case .dmaMap: return try dmaMap(msg, c)
+            case .dmaUnmap: return try dmaUnmap(msg, c)
+            case .deviceGetInfo: return try deviceInfo(msg, c)
+            case .deviceGetRegionInfo: return try regionInfo(msg, c)
+            case .deviceGetRegionIOFDs: return try regionIOFDs(msg, c)
+            case .deviceGetIRQInfo: return try irqInfo(msg, c)
+            case .deviceSetIRQs: return try setIRQs(msg, c)
+            case .regionRead: return try regionRead(msg, c)
+            case .regionWrite: return try regionWrite(msg, c)
+            case .regionWriteMulti: return try writeMulti(msg, c)
+            case .deviceReset:
+                guard c.device.configuration.resetSupported else { return .error(.EINVAL) }
+                c.device.reset(.deviceReset)
+                return .reply([])
+            case .deviceFeature: return try MigrationDispatch.feature(msg, c)
+            case .migDataRead: return try MigrationDispatch.dataRead(msg, c)
+            case .migDataWrite: return try MigrationDispatch.dataWrite(msg, c)
+            default:
+                // DMA_READ/DMA_WRITE go server→client only; DIRTY_PAGES was removed
+                // with migration v1; anything else is unknown.
+                return .error(.EINVAL)
+            }
+        } catch let e as VFIOErrno {
+            return .error(e)
+        } catch let e as ProtocolError {
+            return .error(e.errno)
+        } catch {
+            return .error(.EINVAL)
+        }
+    }
+
+    static func decode<T: WirePayload>(_ msg: ReceivedMessage, as: T.Type = T.self) throws(ProtocolError) -> T {
+        var r = msg.payloadReader
+        return try T(from: &r)
+    }
+
+    // MARK: VERSION
+
+    static func version(_ msg: ReceivedMessage, _ c: Connection) -> Outcome {
+        guard !c.versioned else { return .error(.EINVAL) }  // a second VERSION
+        let req: VersionPayload
+        do { req = try decode(msg) } catch { return .errorThenClose(.EINVAL) }
+        guard req.major == 0 else { return .errorThenClose(.EINVAL) }
+        let theirs = req.effectiveCapabilities
+        guard theirs.effectiveMaxDataXferSize > 0 else { return .errorThenClose(.EINVAL) }
+        c.clientCapabilities = theirs
+        c.versioned = true
+        let o = c.options
+        var offered: [String: String] = [:]
+        for (k, v) in o.extensions where theirs.hasExtension(k) { offered[k] = v; c.agreedExtensions.insert(k) }
+        // Richest first; the reply must never be longer than the request (QEMU sizes
+        // its receive buffer from its own request).
+        let candidates: [VersionCapabilities] = [
+            VersionCapabilities(maxMsgFDs: o.maxMsgFDs, maxDataXferSize: o.maxDataXferSize, pgsizes: 4096,
+                                maxDMAMaps: o.maxDMAMaps, writeMultiple: o.writeMultiple ? true : nil,
+                                extensions: offered.isEmpty ? nil : offered),
+            VersionCapabilities(maxMsgFDs: o.maxMsgFDs, maxDataXferSize: o.maxDataXferSize,
+                                writeMultiple: o.writeMultiple ? true : nil, extensions: offered.isEmpty ? nil : offered),
+            VersionCapabilities(maxMsgFDs: o.maxMsgFDs, maxDataXferSize: o.maxDataXferSize),
+            VersionCapabilities(maxMsgFDs: o.maxMsgFDs),
+            VersionCapabilities(),
+        ]
+        let limit = msg.header.payloadSize
+        var reply = VersionPayload(major: 0, minor: 0, capabilities: candidates.last!).encoded
+        for caps in candidates {
+            let p = VersionPayload(major: 0, minor: 0, capabilities: caps).encoded
+            if p.count <= limit { reply = p; break }
+        }
+        // What we did not manage to say in the reply is not agreed.
+        if let agreed = (try? VersionPayload(payload: reply))?.capabilities {
+            if !(agreed.writeMultiple ?? false) { c.clientCapabilities.writeMultiple = false }
+            c.agreedExtensions = c.agreedExtensions.filter { agreed.hasExtension($0) }
+        } else {
+            c.agreedExtensions = []
+        }
+        return .reply(reply)
+    }
+
+    // MARK: DMA
+
+    static func dmaMap(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        let req: DMAMapRequest = try decode(msg)
+        guard req.argsz >= 32, msg.fds.count <= 1 else { return .error(.EINVAL) }
+        try c.device.dmaMap(req, fd: msg.fds.first, session: c.session, transport: c)
+        return .reply([], consumedFDs: true)
+    }
+
+    static func dmaUnmap(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        let req: DMAUnmapRequest = try decode(msg)
+        guard req.argsz >= 24 else { return .error(.EINVAL) }
+        try c.device.dmaUnmap(req)
+        var echo = req
+        echo.bitmap = nil
+        echo.argsz = 24
+        return .reply(echo.encoded)
+    }
+
+    // MARK: Info
+
+    static func deviceInfo(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        let req: DeviceInfo = try decode(msg)
+        guard req.argsz >= 16 else { return .error(.EINVAL) }
+        let info = c.device.deviceInfo()
+        let caps = c.device.deviceInfoCapabilities
+        if c.agreedExtensions.contains("device-info-caps"), req.argsz > 16, !caps.isEmpty {
+            let full = DeviceInfo.extended(flags: info.flags, numRegions: info.numRegions, numIRQs: info.numIRQs,
+                                           capabilities: caps)
+            return .reply(full.reply(forArgsz: req.argsz).encoded)
+        }
+        return .reply(info.encoded)
+    }
+
+    static func regionInfo(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        let req: RegionInfoRequest = try decode(msg)
+        guard req.argsz >= 32 else { return .error(.EINVAL) }
+        let (info, fd) = try c.device.regionInfo(index: req.index)
+        let reply = info.reply(forArgsz: req.argsz)
+        // The fd goes only with a complete reply, as libvfio-user does; QEMU
+        // closes any fd of the first, truncated answer anyway.
+        let complete = reply.argsz <= req.argsz
+        return .reply(reply.encoded, fds: complete && reply.flags.contains(.mmap) ? fd.map { [$0] } ?? [] : [])
+    }
+
+    static func regionIOFDs(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        let req: RegionIOFDsRequest = try decode(msg)
+        guard req.argsz >= 16, req.flags == 0, req.count == 0, req.index < UInt32(c.device.regionCount) else {
+            return .error(.EINVAL)
+        }
+        // No region of ours offers ioeventfds: every access is served by messages or mmap.
+        return .reply(RegionIOFDsReply(argsz: 16, flags: 0, index: req.index, count: 0, entries: []).encoded)
+    }
+
+    static func irqInfo(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        let req: IRQInfo = try decode(msg)
+        guard req.argsz >= 16 else { return .error(.EINVAL) }
+        return .reply(try c.device.irqInfo(index: req.index).encoded)
+    }
+
+    static func setIRQs(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        let req: SetIRQs = try decode(msg)
+        guard req.argsz >= 20, msg.fds.count <= c.options.maxMsgFDs else { return .error(.EINVAL) }
+        do {
+            try c.device.setIRQs(req, fds: msg.fds, session: c.session)
+        } catch {
+            return .error(error)
+        }
+        return .reply([], consumedFDs: true)
+    }
+
+    // MARK: Region access (the hot path)
+
+    static func regionRead(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        guard msg.header.payloadSize >= RegionAccess.headerSize else { return .error(.EINVAL) }
+        let (offset, region, count) = try RegionAccess.decodeHeader(msg.bytes, payloadOffset: MessageHeader.size)
+        guard Int(count) <= c.options.maxDataXferSize else { return .error(.EINVAL) }
+        let data = try c.device.readRegion(index: region, offset: offset, count: Int(count))
+        var w = WireWriter(capacity: RegionAccess.headerSize + data.count)
+        w.u64(offset); w.u32(region); w.u32(UInt32(data.count)); w.append(data)
+        return .reply(w.bytes)
+    }
+
+    static func regionWrite(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        guard msg.header.payloadSize >= RegionAccess.headerSize else { return .error(.EINVAL) }
+        let (offset, region, count) = try RegionAccess.decodeHeader(msg.bytes, payloadOffset: MessageHeader.size)
+        guard msg.header.payloadSize - RegionAccess.headerSize == Int(count),
+              Int(count) <= c.options.maxDataXferSize else { return .error(.EINVAL) }
+        let start = MessageHeader.size + RegionAccess.headerSize
+        try c.device.writeRegion(index: region, offset: offset, data: msg.bytes[start..<(start + Int(count))])
+        var w = WireWriter(capacity: RegionAccess.headerSize)
+        w.u64(offset); w.u32(region); w.u32(count)
+        return .reply(w.bytes)
+    }
+
+    static func writeMulti(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
+        let req: WriteMulti = try decode(msg)
+        try req.validate()
+        var done: UInt64 = 0
+        for e in req.entries {
+            var bytes = [UInt8](repeating: 0, count: 8)
+            bytes.setLE64(e.data, at: 0)
+            try c.device.writeRegion(index: e.region, offset: e.offset, data: bytes[0..<Int(e.count)])
+            done += 1
+        }
+        return .reply(WriteMultiReply(completed: done).encoded)
+    }
+}

@@ -1,0 +1,23 @@
+import VFIOUserProtocol
+
+/// Limits and behaviour of a server, fixed before it listens.
+public struct ServerOptions: Sendable {
+    /// Largest data count we accept in one region or migration transfer.
+    public var maxDataXferSize = 1 << 20
+    /// Most fds we accept in one message (QEMU accepts at most 16 from a server).
+    public var maxMsgFDs = 16
+    public var maxDMAMaps = 65535
+    /// Advertise REGION_WRITE_MULTI (we implement it).
+    public var writeMultiple = true
+    /// Log every message decoded, both directions.
+    public var trace = false
+    /// How long to wait for the client's reply to a DMA_READ / DMA_WRITE.
+    public var clientReplyTimeoutMs = 5000
+    /// Extensions we offer to clients that ask (see docs/protocol-extensions.md).
+    public var extensions: [String: String] = ["device-info-caps": "1"]
+
+    public init() {}
+
+    /// The largest message we are prepared to read: a data transfer plus its headers.
+    public var maxMessageSize: Int { maxDataXferSize + 64 }
+}

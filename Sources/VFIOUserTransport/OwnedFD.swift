@@ -1,0 +1,64 @@
+import Glibc
+import Synchronization
+
+/// A file descriptor with exactly one owner: it is closed when the owner lets go
+/// (deinit) unless ownership was handed on with `take()`.
+///
+/// A class rather than a `~Copyable` struct because fds travel in arrays
+/// (SCM_RIGHTS batches) and between threads.
+public final class OwnedFD: Sendable, CustomStringConvertible {
+    private let state: Mutex<Int32>
+
+    public init(_ fd: Int32) { state = Mutex(fd) }
+
+    /// The raw descriptor, -1 once taken or closed. Valid only while `self` is alive.
+    public var rawValue: Int32 { state.withLock { $0 } }
+
+    /// Hands the descriptor to the caller, who becomes responsible for closing it.
+    public func take() -> Int32 {
+        state.withLock { fd in
+            let v = fd
+            fd = -1
+            return v
+        }
+    }
+
+    /// Duplicates the descriptor (with CLOEXEC) into a new owner.
+    public func duplicate() throws(TransportError) -> OwnedFD {
+        let fd = rawValue
+        let d = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard d >= 0 else { throw .system("dup", errno) }
+        return OwnedFD(d)
+    }
+
+    public func close() {
+        let fd = take()
+        if fd >= 0 { _ = Glibc.close(fd) }
+    }
+
+    deinit { close() }
+
+    public var description: String { "fd(\(rawValue))" }
+}
+
+/// Errors of the transport layer, with the failing call named.
+public enum TransportError: Error, CustomStringConvertible, Equatable {
+    case system(String, Int32)
+    /// The peer closed the connection at a message boundary.
+    case closed
+    /// The peer closed the connection in the middle of a message.
+    case truncated(expected: Int, received: Int)
+    /// The kernel dropped fds (MSG_CTRUNC): the message cannot be trusted.
+    case controlTruncated
+    case refused(String)
+
+    public var description: String {
+        switch self {
+        case .system(let call, let e): "\(call): \(String(cString: strerror(e))) (errno \(e))"
+        case .closed: "connection closed"
+        case .truncated(let e, let r): "connection closed mid-message (\(r) of \(e) bytes)"
+        case .controlTruncated: "ancillary data truncated (MSG_CTRUNC)"
+        case .refused(let why): why
+        }
+    }
+}

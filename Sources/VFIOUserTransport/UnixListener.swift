@@ -1,0 +1,90 @@
+import CVFIOUserShim
+import Glibc
+
+/// sockaddr_un for a filesystem path.
+struct UnixAddress {
+    var storage = sockaddr_un()
+
+    init(path: String) throws(TransportError) {
+        storage.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: storage.sun_path)
+        guard !bytes.isEmpty, bytes.count < capacity else {
+            throw .refused("socket path '\(path)' must be 1...\(capacity - 1) bytes")
+        }
+        withUnsafeMutableBytes(of: &storage.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+    }
+
+    mutating func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+}
+
+/// A listening Unix stream socket at a filesystem path.
+///
+/// The socket file is created mode 0600. A stale socket file at the path (nobody
+/// listening) is replaced; any other kind of file there is refused, so a typo can
+/// never delete a user's data.
+public final class UnixListener: Sendable {
+    public let path: String?
+    public let fd: OwnedFD
+
+    public init(path: String, backlog: Int32 = 16) throws(TransportError) {
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+                throw .refused("'\(path)' exists and is not a socket; refusing to replace it")
+            }
+            if Self.isLive(path: path) { throw .refused("'\(path)' is in use by a listening server") }
+            guard unlink(path) == 0 else { throw .system("unlink \(path)", errno) }
+        }
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw .system("socket", errno) }
+        let owned = OwnedFD(s)
+        var addr = try UnixAddress(path: path)
+        // Create the file 0600 from the start: no window where others may connect.
+        let old = umask(0o177)
+        let r = addr.withSockaddr { bind(s, $0, $1) }
+        let bindErrno = errno
+        umask(old)
+        guard r == 0 else { throw .system("bind \(path)", bindErrno) }
+        guard listen(s, backlog) == 0 else { throw .system("listen", errno) }
+        self.path = path
+        self.fd = owned
+    }
+
+    /// Adopts an already listening socket (`--fd`), as the vfio-user backend conventions allow.
+    public init(listeningFD: Int32) {
+        path = nil
+        fd = OwnedFD(listeningFD)
+    }
+
+    private static func isLive(path: String) -> Bool {
+        guard let s = try? MessageSocket.connect(path: path) else { return false }
+        s.fd.close()
+        return true
+    }
+
+    /// Blocks until a client connects. Throws `.closed` after `close()`.
+    public func accept() throws(TransportError) -> MessageSocket {
+        while true {
+            let c = vfu_accept_cloexec(fd.rawValue)
+            if c >= 0 { return MessageSocket(fd: OwnedFD(c)) }
+            let e = errno
+            if e == ECONNABORTED { continue }
+            if e == EBADF || e == EINVAL { throw .closed }
+            throw .system("accept", e)
+        }
+    }
+
+    /// Stops accepting (wakes a blocked `accept`) and removes the socket file.
+    public func close() {
+        _ = Glibc.shutdown(fd.rawValue, Int32(SHUT_RDWR))
+        if let path { unlink(path) }
+    }
+}

@@ -1,0 +1,178 @@
+#!/bin/bash
+# qemu-e2e.sh [SPEC.json...] - end-to-end test of `vfu serve` against QEMU's real
+# vfio-user client (vfio-user-pci, QEMU 11.x from trixie-backports).
+#
+# For each spec (default: every specs/*.json that scripts/e2e_check.py --can-test accepts):
+#   1. starts  $VFU serve SPEC --socket $WORK/NAME.sock   (log: $LOG_DIR/NAME.server.log)
+#   2. boots the test guest with scripts/qemu-run-guest.sh, kernel parameters from
+#      `e2e_check.py --cmdline SPEC` (log: $LOG_DIR/NAME.guest.log)
+#   3. stops the server with SIGTERM (SIGKILL after $STOP_TIMEOUT s counts as a failure)
+#   4. runs scripts/e2e_check.py SPEC GUEST_LOG: ids, BARs, capabilities, MMIO values,
+#      scratch write, DMA, interrupts; QEMU abort (134) / timeout / dropped connection fail.
+# Prints PASS/FAIL lines and ends with exactly one line "N passed, M failed".
+# Exit status: 0 if everything passed, 1 if a check failed, 2 on a setup problem.
+#
+# Needs scripts/qemu-setup.sh to have run (it is re-invoked with --initramfs-only to
+# pick up edits of scripts/guest/).
+#
+# Environment:
+#   VFU (.build/debug/vfu)      server binary
+#   BOOT_TIMEOUT (60)           seconds per guest boot
+#   SERVER_START_TIMEOUT (15)   seconds to wait for the server's socket
+#   STOP_TIMEOUT (10)           seconds to wait for the server after SIGTERM
+#   LOG_DIR (/tmp/vfu-e2e-logs) where logs are kept
+#   E2E_VERBOSE=1               print every guest console (default: only on failure)
+#   DROP_PATTERN                regex (Python) for server-log lines meaning "dropped the
+#                               connection"; default in e2e_check.py
+#   QEMU_ROOT, GUEST_DIR, RUN_MODE, VFU_TRACE=1 (QEMU trace per spec in LOG_DIR)
+set -euo pipefail
+exec </dev/null
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+VFU=${VFU:-$REPO/.build/debug/vfu}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}
+SERVER_START_TIMEOUT=${SERVER_START_TIMEOUT:-15}
+STOP_TIMEOUT=${STOP_TIMEOUT:-10}
+LOG_DIR=${LOG_DIR:-/tmp/vfu-e2e-logs}
+PY=${PYTHON:-python3}
+export BOOT_TIMEOUT
+
+say() { echo "qemu-e2e: $*" >&2; }
+setup_fail() { say "ERROR: $*"; echo "0 passed, 1 failed"; exit 2; }
+
+command -v "$PY" >/dev/null || setup_fail "python3 not found"
+[ -x "$VFU" ] || setup_fail "server binary $VFU not found or not executable (build it: swift build; or set VFU=...)"
+QEMU_ROOT=${QEMU_ROOT:-/var/tmp/vfu-qemu-root}
+GUEST_DIR=${GUEST_DIR:-/var/tmp/vfu-guest}
+export QEMU_ROOT GUEST_DIR
+[ -x "$QEMU_ROOT/usr/bin/qemu-system-x86_64" ] && [ -s "$GUEST_DIR/vmlinuz" ] \
+  || setup_fail "QEMU/guest not prepared: run scripts/qemu-setup.sh first (QEMU_ROOT=$QEMU_ROOT GUEST_DIR=$GUEST_DIR)"
+mkdir -p "$LOG_DIR"
+"$SCRIPT_DIR/qemu-setup.sh" --initramfs-only --no-smoke >"$LOG_DIR/setup.log" 2>&1 \
+  || { cat "$LOG_DIR/setup.log" >&2; setup_fail "rebuilding the initramfs failed"; }
+
+# ------------------------------------------------------------ which specs
+SPECS=()
+if [ $# -gt 0 ]; then
+  for s in "$@"; do [ -f "$s" ] || setup_fail "no such spec: $s"; SPECS+=("$s"); done
+else
+  for s in "$REPO"/specs/*.json; do
+    [ -f "$s" ] || continue
+    if why=$("$PY" "$SCRIPT_DIR/e2e_check.py" --can-test "$s"); then SPECS+=("$s")
+    else say "skipping $(basename "$s"): $why"; fi
+  done
+  [ ${#SPECS[@]} -gt 0 ] || setup_fail "no testable specs in $REPO/specs/"
+fi
+
+WORK=$(mktemp -d /tmp/vfu-e2e.XXXXXX)
+SERVER_PID=""
+cleanup() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+PASSED=0; FAILED=0
+count() {  # count FILE: add its PASS/FAIL lines to the totals
+  local p f
+  p=$(grep -c '^PASS ' "$1" || true); f=$(grep -c '^FAIL ' "$1" || true)
+  PASSED=$((PASSED + p)); FAILED=$((FAILED + f))
+}
+hfail() {  # harness-level failure line
+  echo "FAIL spec=$1 check=$2: expected $3 got $4"; FAILED=$((FAILED + 1))
+}
+hpass() { echo "PASS spec=$1 check=$2${3:+ $3}"; PASSED=$((PASSED + 1)); }
+
+T_ALL=$SECONDS
+for SPEC in "${SPECS[@]}"; do
+  NAME=$(basename "$SPEC" .json)
+  SOCK="$WORK/$NAME.sock"
+  SLOG="$LOG_DIR/$NAME.server.log"
+  GLOG="$LOG_DIR/$NAME.guest.log"
+  CLOG="$LOG_DIR/$NAME.check.log"
+  rm -f "$SLOG" "$GLOG" "$CLOG"
+  say "---- $NAME ($SPEC)"
+  T0=$SECONDS
+
+  # 1. server
+  "$VFU" serve "$SPEC" --socket "$SOCK" >"$SLOG" 2>&1 &
+  SERVER_PID=$!
+  ok=0
+  for _ in $(seq $((SERVER_START_TIMEOUT * 10))); do
+    [ -S "$SOCK" ] && { ok=1; break; }
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ $ok = 0 ]; then
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+      hfail "$NAME" server-start "socket $SOCK within ${SERVER_START_TIMEOUT}s" "no socket"
+      kill -KILL "$SERVER_PID" 2>/dev/null || true
+    else
+      set +e; wait "$SERVER_PID"; st=$?; set -e
+      hfail "$NAME" server-start "server listening on $SOCK" "server exited with status $st"
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+    sed 's/^/  server: /' "$SLOG" | tail -20 >&2
+    continue
+  fi
+  hpass "$NAME" server-start "pid=$SERVER_PID"
+
+  # 2. guest
+  ARGS=$("$PY" "$SCRIPT_DIR/e2e_check.py" --cmdline "$SPEC")
+  say "guest kernel args: $ARGS"
+  TRACE_ENV=()
+  [ -n "${VFU_TRACE:-}" ] && TRACE_ENV=(VFU_TRACE="$LOG_DIR/$NAME.qemu-trace.log")
+  set +e
+  # shellcheck disable=SC2086
+  env "${TRACE_ENV[@]}" "$SCRIPT_DIR/qemu-run-guest.sh" "$SOCK" $ARGS >"$GLOG" 2>&1
+  QST=$?
+  set -e
+  say "guest finished with QEMU status $QST after $((SECONDS - T0))s (log: $GLOG)"
+
+  # 3. stop the server
+  if kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    stopped=0
+    for _ in $(seq $((STOP_TIMEOUT * 10))); do kill -0 "$SERVER_PID" 2>/dev/null || { stopped=1; break; }; sleep 0.1; done
+    if [ $stopped = 1 ]; then
+      set +e; wait "$SERVER_PID"; st=$?; set -e
+      case $st in 0|143) hpass "$NAME" server-stop "SIGTERM -> status $st" ;;
+                  *) hfail "$NAME" server-stop "exit status 0 after SIGTERM" "status $st" ;; esac
+    else
+      kill -KILL "$SERVER_PID" 2>/dev/null || true
+      wait "$SERVER_PID" 2>/dev/null || true
+      hfail "$NAME" server-stop "server to exit within ${STOP_TIMEOUT}s of SIGTERM" "still running (killed)"
+    fi
+  else
+    set +e; wait "$SERVER_PID"; st=$?; set -e
+    hfail "$NAME" server-alive "server running until SIGTERM" "server had exited with status $st during the test"
+  fi
+  SERVER_PID=""
+  rm -f "$SOCK"
+
+  # 4. check
+  CHECK_ARGS=(--qemu-status "$QST" --server-log "$SLOG" --timeout-seconds "$BOOT_TIMEOUT" --no-summary)
+  [ -n "${DROP_PATTERN:-}" ] && CHECK_ARGS+=(--drop-pattern "$DROP_PATTERN")
+  set +e
+  "$PY" "$SCRIPT_DIR/e2e_check.py" "$SPEC" "$GLOG" "${CHECK_ARGS[@]}" >"$CLOG" 2>&1
+  set -e
+  cat "$CLOG"
+  count "$CLOG"
+  if [ "${E2E_VERBOSE:-0}" = 1 ] || grep -q '^FAIL ' "$CLOG"; then
+    say "guest console ($GLOG):"
+    tr -d '\r' <"$GLOG" | sed -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' | grep -v '^$' | sed 's/^/  guest: /' >&2
+    say "server log ($SLOG), last 30 lines:"
+    tail -30 "$SLOG" | sed 's/^/  server: /' >&2
+  fi
+  say "$NAME done in $((SECONDS - T0))s"
+done
+say "all specs done in $((SECONDS - T_ALL))s; logs in $LOG_DIR"
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
