@@ -133,7 +133,6 @@ need=()
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
-command -v cpio >/dev/null 2>&1 || true   # not needed: busybox cpio from the root is used
 command -v gzip >/dev/null 2>&1 || need+=(gzip)
 command -v timeout >/dev/null 2>&1 || need+=(coreutils)
 if [ ${#need[@]} -gt 0 ]; then

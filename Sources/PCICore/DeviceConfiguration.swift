@@ -130,3 +130,28 @@ public struct PCIDeviceConfiguration: Sendable, Equatable {
         self.identity = identity
     }
 }
+
+extension PCIDeviceConfiguration {
+    /// Checks everything `PCIDevice(configuration:)` would, without allocating the
+    /// device's memory: BARs, registers, interrupts and the capability layout.
+    /// Returns where the capabilities would land.
+    @discardableResult
+    public func validate() throws(ConfigLayoutError) -> PlacedCapabilities {
+        try DeviceBuilder.validate(self)
+        var std: [PCICapability] = []
+        if powerManagement { std.append(.powerManagement(offset: powerManagementOffset)) }
+        if let m = msi { std.append(.msi(vectors: m.vectors, address64: m.address64, perVectorMask: m.perVectorMask, offset: m.offset)) }
+        if let x = msix {
+            std.append(.msix(vectors: x.vectors, tableBAR: x.tableBAR, tableOffset: x.tableOffset, pbaBAR: x.pbaBAR,
+                             pbaOffset: x.pbaOffset, offset: x.offset))
+            if x.tableBAR == x.pbaBAR {
+                let t = UInt64(x.tableOffset)..<(UInt64(x.tableOffset) + UInt64(x.vectors * 16))
+                let p = UInt64(x.pbaOffset)..<(UInt64(x.pbaOffset) + UInt64((x.vectors + 63) / 64 * 8))
+                if t.overlaps(p) { throw ConfigLayoutError(subject: "interrupts.msix.pbaOffset", reason: "the PBA overlaps the MSI-X table") }
+            }
+        }
+        if express { std.append(.express(expressParameters, offset: expressOffset)) }
+        std += capabilities
+        return try CapabilityLayout.apply(standard: std, extended: extendedCapabilities, to: ConfigSpace(size: express ? 4096 : 256))
+    }
+}

@@ -1,0 +1,66 @@
+import FoundationEssentials
+import PCICore
+
+/// Where the built-in doorbell model sits.
+public struct DoorbellPlacement: Sendable, Equatable {
+    public var bar: Int
+    public var offset: UInt64
+    public init(bar: Int, offset: UInt64) {
+        self.bar = bar
+        self.offset = offset
+    }
+}
+
+/// A device described by a JSON spec file (docs/spec-format.md): the core
+/// configuration it builds, plus the sections a variant reads for itself.
+public struct DeviceSpec: Sendable {
+    public var file: String
+    public var name: String
+    public var description: String
+    /// A variant forced by the spec (like the kernel's driver_override).
+    public var variant: String?
+    public var configuration: PCIDeviceConfiguration
+    public var doorbell: DoorbellPlacement?
+    /// Top-level sections that belong to variants (igd, nvlink2, ...), unparsed.
+    public var sections: [String: SpecNode]
+    /// The folder of the spec file, for files it names (OpRegion images, ...).
+    public var directory: String
+
+    /// Top-level keys the core understands.
+    public static let coreKeys: Set<String> = [
+        "name", "description", "variant", "ids", "express", "bars", "rom", "interrupts", "capabilities",
+        "extendedCapabilities", "registers", "doorbell", "reset",
+    ]
+
+    /// Loads and validates a spec. `sectionKeys` are the extra top-level keys the
+    /// known variants accept; any other unknown key is an error.
+    public static func load(path: String, sectionKeys: Set<String> = []) throws(SpecError) -> DeviceSpec {
+        guard let bytes = readFile(path) else { throw SpecError(file: path, field: "", reason: "cannot read the file") }
+        return try parse(bytes, file: path, sectionKeys: sectionKeys)
+    }
+
+    public static func parse(_ bytes: [UInt8], file: String, sectionKeys: Set<String> = []) throws(SpecError) -> DeviceSpec {
+        let json: JSONValue
+        do { json = try JSONValue.parse(bytes) } catch {
+            throw SpecError(file: file, field: "", reason: "not valid JSON (\(error))")
+        }
+        let root = SpecNode(file: file, path: "", value: json)
+        var spec = try SpecParser.parse(root, sectionKeys: sectionKeys)
+        spec.directory = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
+        return spec
+    }
+
+    /// Builds the core device, turning core validation failures into spec errors.
+    public func buildCoreDevice(_ configuration: PCIDeviceConfiguration? = nil) throws(SpecError) -> PCIDevice {
+        do { return try PCIDevice(configuration: configuration ?? self.configuration) } catch {
+            throw SpecError(file: file, field: error.subject, reason: error.reason)
+        }
+    }
+
+    public func error(_ field: String, _ reason: String) -> SpecError { SpecError(file: file, field: field, reason: reason) }
+}
+
+func readFile(_ path: String) -> [UInt8]? {
+    guard let d = FileManager.default.contents(atPath: path) else { return nil }
+    return [UInt8](d)
+}

@@ -1,0 +1,4 @@
+extension VariantCatalog {
+    /// Migration-capable variants.
+    static var migrationVariants: [any VariantDriver] { [] }
+}

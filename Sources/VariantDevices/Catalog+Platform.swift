@@ -1,0 +1,4 @@
+extension VariantCatalog {
+    /// IGD, NVLink2, Grace and the capability-only variants.
+    static var platformVariants: [any VariantDriver] { [] }
+}

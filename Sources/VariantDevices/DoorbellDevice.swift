@@ -1,0 +1,123 @@
+import PCICore
+import VFIOUserProtocol
+
+/// The built-in doorbell model: a tiny DMA engine that lets tests (and a guest)
+/// observe regions, DMA and interrupts end to end.
+///
+/// Registers (32-bit, offsets from the model's base; docs/spec-format.md):
+/// 0x00 MAGIC, 0x04 VERSION, 0x08 SCRATCH, 0x0C COMPLETIONS, 0x10/0x14 DMA address,
+/// 0x18 DMA_LEN, 0x1C PATTERN, 0x20 DOORBELL (1 fill, 2 checksum, 3 interrupt),
+/// 0x24 IRQ_VECTOR, 0x28 RESULT, 0x2C ERROR, 0x30 IRQ_COUNT, 0x34 IRQ_ACK.
+public final class DoorbellDevice: RegionAccessHandler, @unchecked Sendable {
+    public static let size: UInt64 = 0x40
+    public static let magic: UInt32 = 0x4455_4656
+    public static let version: UInt32 = 0x0001_0000
+    public static let maxTransfer: UInt32 = 1 << 20
+
+    public enum Register: UInt64 {
+        case magic = 0x00, version = 0x04, scratch = 0x08, completions = 0x0C
+        case dmaAddressLow = 0x10, dmaAddressHigh = 0x14, dmaLength = 0x18, pattern = 0x1C
+        case doorbell = 0x20, irqVector = 0x24, result = 0x28, error = 0x2C, irqCount = 0x30, irqAck = 0x34
+    }
+
+    public enum Command: UInt32 { case fill = 1, checksum = 2, interrupt = 3 }
+
+    unowned let device: PCIDevice
+    // Guarded by the device lock (handlers run under it).
+    private var regs = [UInt32](repeating: 0, count: Int(size / 4))
+
+    public init(device: PCIDevice) {
+        self.device = device
+        resetRegisters()
+        device.onReset { [weak self] _ in self?.resetRegisters() }
+    }
+
+    private func resetRegisters() {
+        regs = [UInt32](repeating: 0, count: Int(Self.size / 4))
+        regs[0] = Self.magic
+        regs[1] = Self.version
+    }
+
+    private func reg(_ r: Register) -> UInt32 { regs[Int(r.rawValue / 4)] }
+    private func set(_ r: Register, _ v: UInt32) { regs[Int(r.rawValue / 4)] = v }
+
+    public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Int(Self.size))
+        for (i, v) in regs.enumerated() where i != Int(Register.doorbell.rawValue / 4) && i != Int(Register.irqAck.rawValue / 4) {
+            bytes.setLE32(v, at: i * 4)
+        }
+        return Array(bytes[Int(offset)..<(Int(offset) + count)])
+    }
+
+    public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
+        // Merge partial writes into the dwords they touch, then act per dword.
+        var pos = Int(offset)
+        var it = data.makeIterator()
+        while pos < Int(offset) + data.count {
+            let d = pos & ~3
+            var bytes = [UInt8](repeating: 0, count: 4)
+            bytes.setLE32(regs[d / 4], at: 0)
+            while pos < d + 4 && pos < Int(offset) + data.count, let b = it.next() {
+                bytes[pos - d] = b
+                pos += 1
+            }
+            writeRegister(UInt64(d), bytes.le32(at: 0))
+        }
+    }
+
+    private func writeRegister(_ offset: UInt64, _ value: UInt32) {
+        guard let r = Register(rawValue: offset) else { return }
+        switch r {
+        case .scratch, .dmaAddressLow, .dmaAddressHigh, .dmaLength, .pattern, .irqVector:
+            set(r, value)
+        case .doorbell:
+            ring(value)
+        case .irqAck:
+            if value & 1 != 0 { device.deassertINTx() }
+        default:
+            break  // read-only
+        }
+    }
+
+    private func ring(_ command: UInt32) {
+        guard let cmd = Command(rawValue: command) else {
+            set(.error, VFIOErrno.EINVAL.rawValue)
+            return
+        }
+        let address = UInt64(reg(.dmaAddressHigh)) << 32 | UInt64(reg(.dmaAddressLow))
+        let length = reg(.dmaLength)
+        var error: VFIOErrno? = nil
+        switch cmd {
+        case .fill:
+            if length > Self.maxTransfer { error = .E2BIG; break }
+            var bytes = [UInt8](repeating: 0, count: Int(length))
+            let p = reg(.pattern)
+            for i in 0..<(Int(length) / 4) { bytes.setLE32(p &+ UInt32(i), at: i * 4) }
+            let tail = Int(length) % 4
+            if tail > 0 {
+                var last = [UInt8](repeating: 0, count: 4)
+                last.setLE32(p &+ UInt32(Int(length) / 4), at: 0)
+                for k in 0..<tail { bytes[Int(length) - tail + k] = last[k] }
+            }
+            do { try device.dmaWrite(address: address, bytes) } catch let e { error = e }
+        case .checksum:
+            if length > Self.maxTransfer { error = .E2BIG; break }
+            do {
+                let data = try device.dmaRead(address: address, count: Int(length))
+                set(.result, Self.fnv1a(data))
+            } catch let e { error = e }
+        case .interrupt:
+            break
+        }
+        set(.error, error?.rawValue ?? 0)
+        set(.completions, reg(.completions) &+ 1)
+        if device.raiseInterrupt(vector: Int(reg(.irqVector))) != nil { set(.irqCount, reg(.irqCount) &+ 1) }
+    }
+
+    /// FNV-1a, 32-bit: the checksum the CHECKSUM command leaves in RESULT.
+    public static func fnv1a(_ data: [UInt8]) -> UInt32 {
+        var h: UInt32 = 0x811C_9DC5
+        for b in data { h = (h ^ UInt32(b)) &* 0x0100_0193 }
+        return h
+    }
+}

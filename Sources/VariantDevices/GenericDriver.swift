@@ -1,0 +1,29 @@
+import DeviceSpecs
+import PCICore
+
+/// The plain core device: everything the spec's core sections describe, plus the
+/// built-in doorbell model when the spec places one.
+public struct GenericDriver: VariantDriver {
+    public init() {}
+    public var name: String { "generic" }
+    public var summary: String { "the core PCI function described by the spec (registers, RAM BARs, doorbell model)" }
+    public var idTable: [PCIMatch] { [PCIMatch()] }
+    public func probe(_ spec: DeviceSpec) -> ProbeResult { .accept }
+
+    public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
+        let device = try spec.buildCoreDevice()
+        try Self.attachDoorbell(spec, to: device)
+        return device
+    }
+
+    /// Installs the doorbell model if the spec asks for one (used by variants too).
+    public static func attachDoorbell(_ spec: DeviceSpec, to device: PCIDevice) throws(SpecError) {
+        guard let p = spec.doorbell else { return }
+        let model = DoorbellDevice(device: device)
+        do {
+            try device.mapRegisters(bar: p.bar, range: p.offset..<(p.offset + DoorbellDevice.size), handler: model)
+        } catch {
+            throw spec.error("doorbell", "its registers overlap another register range in BAR\(p.bar) (\(error))")
+        }
+    }
+}
