@@ -44,6 +44,24 @@ public final class InterruptController: @unchecked Sendable {
     var pendingChanged: @Sendable (_ index: Int, _ vector: Int, _ pending: Bool) -> Void = { _, _, _ in }
     /// Whether interrupts may be raised at all (migration STOP / P2P states forbid it).
     var raisingAllowed: @Sendable () -> Bool = { true }
+    /// Runs a body under the device lock (for the irqfd watcher thread).
+    var withDeviceLock: @Sendable (() -> Void) -> Void = { $0() }
+    private var irqfdWatcher: IRQFDWatcher?
+    private var irqfds: IRQFDWatcher {
+        if let w = irqfdWatcher { return w }
+        let w = IRQFDWatcher { [weak self] key in
+            guard let self else { return }
+            self.withDeviceLock {
+                guard key.index < self.indices.count, key.vector < self.indices[key.index].count else { return }
+                self.indices[key.index].vectors[key.vector].masked = !key.unmask
+                self.reevaluate()
+            }
+        }
+        irqfdWatcher = w
+        return w
+    }
+
+    deinit { irqfdWatcher?.stop() }
 
     init(intx: Int, msi: Int, msix: Int, err: Int, req: Int) {
         func idx(_ n: Int, _ f: IRQInfoFlags) -> IndexState { IndexState(flags: f, vectors: Array(repeating: Vector(), count: n)) }
@@ -81,8 +99,9 @@ public final class InterruptController: @unchecked Sendable {
         if index >= 3 && action != .trigger { throw .EINVAL }
         if count == 0 {
             guard start == 0, data == .none, action == .trigger else { throw .EINVAL }
-            // Disable the whole index.
+            // Disable the whole index, its (un)mask notifiers included.
             for v in 0..<n { unbind(index, v) }
+            irqfdWatcher?.removeAll(index: index)
             if index == 0 { indices[0].vectors.indices.forEach { indices[0].vectors[$0].masked = false } }
             return
         }
@@ -115,10 +134,13 @@ public final class InterruptController: @unchecked Sendable {
                 for v in range where selected(v) { trigger(index: index, vector: v) }
             }
         case .mask, .unmask:
-            guard data != .eventfd else {
-                // Eventfd-driven (un)masking (the KVM resample path) is not offered:
-                // nothing of ours could watch the fd without a helper thread per device.
-                throw .EINVAL
+            if data == .eventfd {
+                // The fds are notifications into the device: signalling one (un)masks its vector.
+                for (k, v) in range.enumerated() {
+                    irqfds.set(.init(index: index, vector: v, unmask: action == .unmask),
+                               fd: fds.isEmpty ? nil : fds[k], owner: session)
+                }
+                return
             }
             for v in range where selected(v) { indices[index].vectors[v].masked = (action == .mask) }
             reevaluate()
@@ -197,6 +219,7 @@ public final class InterruptController: @unchecked Sendable {
 
     /// Drops every eventfd a session registered (it disconnected).
     public func removeAll(owner: SessionID) {
+        irqfdWatcher?.removeAll(owner: owner)
         for i in indices.indices {
             for v in indices[i].vectors.indices where indices[i].vectors[v].owner == owner { unbind(i, v) }
         }

@@ -415,6 +415,7 @@ public final class PCIDevice: @unchecked Sendable {
     }
 
     private func wireInterrupts() {
+        interrupts.withDeviceLock = { [unowned self] body in self.lock.withLock { body() } }
         interrupts.intxDisabled = { [unowned self] in self.config.load16(0x04) & Self.commandINTxDisable != 0 }
         interrupts.raisingAllowed = { [unowned self] in self._migration?.interruptsAllowed ?? true }
         dma.allowed = { [unowned self] in
