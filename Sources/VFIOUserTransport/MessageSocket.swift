@@ -75,35 +75,50 @@ public final class MessageSocket: Sendable {
     /// the body has been consumed, so the stream stays in sync.
     public func receive(maxMessageSize: Int, maxFDs: Int) throws(ReceiveError) -> ReceivedMessage? {
         let sock = fd.rawValue
-        var headerBytes = [UInt8](repeating: 0, count: MessageHeader.size)
         let fdCapacity = max(maxFDs, 0)
-        var rawFDs = [Int32](repeating: -1, count: max(fdCapacity, 1))
+        // Header and fd array live on the stack: the message's own buffer is the only
+        // allocation on this path.
         var nfds: Int32 = 0, extra: Int32 = 0, ctrunc: Int32 = 0
-        let n = headerBytes.withUnsafeMutableBytes { hb in
-            rawFDs.withUnsafeMutableBufferPointer { fb in
-                vfu_recv_exact(sock, hb.baseAddress, MessageHeader.size, fb.baseAddress, Int32(fdCapacity), &nfds, &extra, &ctrunc)
+        var h = (UInt64(0), UInt64(0))
+        var fds: [OwnedFD] = []
+        let n: Int = withUnsafeMutableBytes(of: &h) { hb in
+            withUnsafeTemporaryAllocation(of: Int32.self, capacity: max(fdCapacity, 1)) { fb in
+                let r = vfu_recv_exact(sock, hb.baseAddress, MessageHeader.size, fb.baseAddress, Int32(fdCapacity), &nfds, &extra, &ctrunc)
+                if nfds > 0 { fds = (0..<Int(nfds)).map { OwnedFD(fb[$0]) } }
+                return r
             }
         }
-        let fds = (0..<Int(nfds)).map { OwnedFD(rawFDs[$0]) }
         if n < 0 { throw .transport(.system("recvmsg", errno)) }
         if ctrunc != 0 { for f in fds { f.close() }; throw .transport(.controlTruncated) }
         if n == 0 { return nil }
         if n < MessageHeader.size { throw .transport(.truncated(expected: MessageHeader.size, received: n)) }
-        let header: MessageHeader
-        do { header = try MessageHeader.decode(headerBytes) } catch { throw .transport(.truncated(expected: 16, received: n)) }
+        let header = withUnsafeBytes(of: &h) { raw in
+            MessageHeader(messageID: raw.loadUnaligned(fromByteOffset: 0, as: UInt16.self).littleEndian,
+                          command: Command(raw.loadUnaligned(fromByteOffset: 2, as: UInt16.self).littleEndian),
+                          messageSize: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian,
+                          flags: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian,
+                          errorNumber: raw.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian)
+        }
         do { try header.validateFraming(maxMessageSize: maxMessageSize) } catch {
             for f in fds { f.close() }
             if case .invalid(let why) = error { throw .framing(header, why) }
             throw .framing(header, "\(error)")
         }
         let total = Int(header.messageSize)
-        var bytes = [UInt8](unsafeUninitializedCapacity: total) { buf, count in
-            for i in 0..<MessageHeader.size { buf[i] = headerBytes[i] }
+        var readError: Int32 = 0
+        var got = 0
+        let bytes = [UInt8](unsafeUninitializedCapacity: total) { buf, count in
+            withUnsafeBytes(of: &h) { hb in
+                UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: hb[0..<MessageHeader.size]))
+            }
+            if total > MessageHeader.size {
+                let r = vfu_read_exact(sock, buf.baseAddress! + MessageHeader.size, total - MessageHeader.size)
+                if r < 0 { readError = errno } else { got = r }
+            }
             count = total
         }
         if total > MessageHeader.size {
-            let got = bytes.withUnsafeMutableBytes { vfu_read_exact(sock, $0.baseAddress! + MessageHeader.size, total - MessageHeader.size) }
-            if got < 0 { for f in fds { f.close() }; throw .transport(.system("recv", errno)) }
+            if readError != 0 { for f in fds { f.close() }; throw .transport(.system("recv", readError)) }
             if got < total - MessageHeader.size {
                 for f in fds { f.close() }
                 throw .transport(.truncated(expected: total, received: MessageHeader.size + got))
@@ -130,14 +145,15 @@ public final class MessageSocket: Sendable {
 
     /// Sends a header and a payload as one message without joining them first.
     public func send(header: MessageHeader, payload: [UInt8], fds: [Int32] = []) throws(TransportError) {
-        var h = header
-        h.messageSize = UInt32(MessageHeader.size + payload.count)
-        let hb = h.bytes
+        // Two little-endian words (a homogeneous tuple has a guaranteed layout).
+        let size = UInt64(UInt32(MessageHeader.size + payload.count))
+        var raw = ((UInt64(header.messageID) | UInt64(header.command.rawValue) << 16 | size << 32).littleEndian,
+                   (UInt64(header.flags) | UInt64(header.errorNumber) << 32).littleEndian)
         let r: Int32 = sendLock.withLock { _ in
-            hb.withUnsafeBytes { hp in
+            withUnsafeBytes(of: &raw) { hp in
                 payload.withUnsafeBytes { pp in
                     fds.withUnsafeBufferPointer { fb in
-                        vfu_send_all2(fd.rawValue, hp.baseAddress, hp.count, pp.baseAddress, pp.count, fb.baseAddress, Int32(fds.count))
+                        vfu_send_all2(fd.rawValue, hp.baseAddress, MessageHeader.size, pp.baseAddress, pp.count, fb.baseAddress, Int32(fds.count))
                     }
                 }
             }

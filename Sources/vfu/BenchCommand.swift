@@ -36,19 +36,15 @@ struct BenchCommand: ParsableCommand {
         // Warm up and check that the server answers what we measure.
         _ = try client.read(region: RegionIndex.config.rawValue, offset: 0, count: 4)
 
+        // The baseline peer is a separate process, like the server, so both sides of
+        // the comparison pay the same cross-process scheduling costs.
         let (a, b) = try MessageSocket.pair()
-        let replySize = 36
-        spawnThread(name: "vfu-bench-echo") {
-            var buf = [UInt8](repeating: 0, count: 64)
-            var reply = [UInt8](repeating: 0, count: replySize)
-            reply[4] = UInt8(replySize)
-            reply[8] = 1
-            while true {
-                guard (try? b.receive(maxMessageSize: 64, maxFDs: 0)) != nil else { break }
-                buf[0] &+= 1
-                guard (try? b.send(reply)) != nil else { break }
-            }
-            b.fd.close()
+        let echo = try spawnEcho(fd: b.fd.rawValue)
+        b.fd.close()
+        defer {
+            a.shutdown()
+            var status: Int32 = 0
+            waitpid(echo, &status, 0)
         }
 
         var server: [Double] = [], baseline: [Double] = [], ratios: [Double] = []
@@ -59,7 +55,6 @@ struct BenchCommand: ParsableCommand {
             baseline.append(p)
             ratios.append(s / p)
         }
-        a.shutdown()
         func median(_ x: [Double]) -> Double { let s = x.sorted(); return s[s.count / 2] }
         if json {
             print("{\"iterations\":\(iterations),\"runs\":\(runs),\"server_rtt_per_s\":\(Int(median(server))),"
@@ -72,6 +67,22 @@ struct BenchCommand: ParsableCommand {
             print("median: server \(Int(median(server))) rt/s (\(fmt(1e6 / median(server))) us/rt), "
                   + "baseline \(Int(median(baseline))) rt/s (\(fmt(1e6 / median(baseline))) us/rt), ratio \(fmt(median(ratios)))")
         }
+    }
+
+    /// Starts `vfu bench-echo` on the socket `fd` (passed as fd 3).
+    private func spawnEcho(fd: Int32) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fd, 3)
+        let exe = "/proc/self/exe"
+        var pid: pid_t = 0
+        let args = ["vfu", "bench-echo", "--fd", "3"]
+        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        let rc = posix_spawn(&pid, exe, &actions, nil, &argv, environ)
+        guard rc == 0 else { throw ValidationError("cannot start the echo process: errno \(rc)") }
+        return pid
     }
 
     private func fmt(_ d: Double) -> String {
@@ -95,5 +106,32 @@ struct BenchCommand: ParsableCommand {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// The baseline peer of `vfu bench`: answers every 32-byte message with 36 bytes,
+/// with nothing but read and write in between.
+struct BenchEchoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "bench-echo", shouldDisplay: false)
+
+    @Option var fd: Int32
+
+    func run() throws {
+        var buf = [UInt8](repeating: 0, count: 32)
+        var reply = [UInt8](repeating: 0, count: 36)
+        reply[4] = 36
+        reply[8] = 1
+        while true {
+            var got = 0
+            while got < 32 {
+                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, 32 - got) }
+                if n <= 0 { return }
+                got += n
+            }
+            reply[0] = buf[0]
+            reply[1] = buf[1]
+            let w = reply.withUnsafeBytes { write(fd, $0.baseAddress!, 36) }
+            if w != 36 { return }
+        }
     }
 }
