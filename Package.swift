@@ -10,6 +10,7 @@
 //   DeviceSpecs        JSON device descriptions and their validation
 //   VariantDevices     IGD, NVLink2, Grace, migratable VF, ...: built on PCICore's public API only
 //   VFIOUserClient     client library (the VMM side)
+//   VFIOUserConformance protocol conformance checks against any vfio-user server
 //   vfu                the command-line tool
 import PackageDescription
 
@@ -30,17 +31,13 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
-        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         .target(name: "CVFIOUserShim"),
         .target(name: "VFIOUserProtocol", swiftSettings: strict),
         .target(
             name: "VFIOUserTransport",
-            dependencies: [
-                "CVFIOUserShim", "VFIOUserProtocol",
-                .product(name: "SystemPackage", package: "swift-system"),
-            ],
+            dependencies: ["CVFIOUserShim", "VFIOUserProtocol"],
             swiftSettings: strict),
         .target(
             name: "PCICore",
@@ -65,11 +62,15 @@ let package = Package(
             name: "VFIOUserClient",
             dependencies: ["VFIOUserProtocol", "VFIOUserTransport"],
             swiftSettings: strict),
+        .target(
+            name: "VFIOUserConformance",
+            dependencies: ["VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport"],
+            swiftSettings: strict),
         .executableTarget(
             name: "vfu",
             dependencies: [
                 "VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer",
-                "DeviceSpecs", "VariantDevices", "VFIOUserClient",
+                "DeviceSpecs", "VariantDevices", "VFIOUserClient", "VFIOUserConformance",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -81,6 +82,11 @@ let package = Package(
         .testTarget(
             name: "VFIOUserServerTests",
             dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "VFIOUserConformanceTests",
+            dependencies: ["VFIOUserConformance", "VFIOUserServer", "VariantDevices", "DeviceSpecs", "PCICore",
+                           "VFIOUserTransport", "VFIOUserProtocol"],
             swiftSettings: strict),
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore"], swiftSettings: strict),
         .testTarget(

@@ -1,0 +1,68 @@
+import VFIOUserProtocol
+import VFIOUserTransport
+
+/// A client connection that sends exactly the bytes a check asks for and shows
+/// exactly what comes back, so the suite can judge servers it did not write.
+final class RawPeer {
+    let socket: MessageSocket
+    private var nextID: UInt16 = 1
+    var timeoutMs: Int32
+
+    /// QEMU 11.1's VERSION capabilities, as it sends them.
+    static let qemuVersionJSON =
+        #"{"capabilities": {"pgsizes": 4096, "max_msg_fds": 16, "max_dma_maps": 65535, "max_data_xfer_size": 1048576, "migration": {"max_bitmap_size": 268435456, "pgsize": 4096}, "write_multiple": true}}"#
+
+    init(path: String, timeoutMs: Int32) throws(TransportError) {
+        socket = try MessageSocket.connect(path: path)
+        self.timeoutMs = timeoutMs
+    }
+
+    deinit { socket.fd.close() }
+
+    @discardableResult
+    func send(_ command: Command, _ payload: [UInt8], flags: UInt32 = 0, fds: [Int32] = [], id: UInt16? = nil) -> UInt16 {
+        let mid = id ?? nextID
+        if id == nil { nextID &+= 1 }
+        try? socket.send(header: MessageHeader(messageID: mid, command: command, messageSize: 0, flags: flags), payload: payload, fds: fds)
+        return mid
+    }
+
+    func sendRaw(_ bytes: [UInt8]) { try? socket.send(bytes) }
+
+    enum Received {
+        case message(ReceivedMessage)
+        case closed
+        case timeout
+        case broken(String)
+    }
+
+    func receive(timeoutMs t: Int32? = nil) -> Received {
+        guard socket.waitReadable(timeoutMs: t ?? timeoutMs) else { return .timeout }
+        do {
+            guard let m = try socket.receive(maxMessageSize: 64 << 20, maxFDs: 16) else { return .closed }
+            return .message(m)
+        } catch {
+            if case .transport(let e) = error, case .system(_, let code) = e, code == 104 { return .closed }
+            return .broken("\(error)")
+        }
+    }
+
+    /// Sends and waits for the reply with the same id (other messages are dropped).
+    func call(_ command: Command, _ payload: [UInt8], flags: UInt32 = 0, fds: [Int32] = []) -> Received {
+        let id = send(command, payload, flags: flags, fds: fds)
+        while true {
+            let r = receive()
+            guard case .message(let m) = r else { return r }
+            if m.header.isReply && m.header.messageID == id { return r }
+            m.closeFDs()
+        }
+    }
+
+    /// The VERSION exchange as QEMU does it; returns the reply or nil.
+    func negotiate() -> ReceivedMessage? {
+        var p = WireWriter()
+        p.u16(0); p.u16(0); p.append(Array(Self.qemuVersionJSON.utf8)); p.u8(0)
+        guard case .message(let m) = call(.version, p.bytes), !m.header.isError else { return nil }
+        return m
+    }
+}

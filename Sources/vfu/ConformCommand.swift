@@ -1,0 +1,29 @@
+import ArgumentParser
+import VFIOUserConformance
+
+struct ConformCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "conform",
+        abstract: "Check any vfio-user server against the protocol and QEMU's needs.",
+        discussion: """
+            Runs negotiation, information, region, interrupt, message-handling, DMA, reset
+            and migration checks over the server's socket and prints PASS/FAIL/WARN/SKIP per
+            check, then "N passed, M failed, ...". Exit status 1 if any check failed.
+            It writes only config-space scratch fields; DMA mappings it makes are removed.
+            """)
+
+    @Option(help: "The server's Unix socket.")
+    var socket: String
+
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    @Option(help: "Milliseconds to wait for each reply.")
+    var timeoutMs: Int32 = 3000
+
+    func run() throws {
+        let report = ConformanceSuite(socketPath: socket, timeoutMs: timeoutMs).run()
+        print(json ? report.json : report.text)
+        if report.count(.fail) > 0 { throw ExitCode(1) }
+    }
+}

@@ -1,0 +1,89 @@
+import Glibc
+import Testing
+import VariantDevices
+import VFIOUserConformance
+import VFIOUserProtocol
+import VFIOUserServer
+import VFIOUserTransport
+
+/// A unique socket path in a fresh temporary directory.
+func temporarySocketPath(_ name: String) -> String {
+    var template = Array("/tmp/vfu-conform-XXXXXX".utf8CString)
+    let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    return "\(dir)/\(name).sock"
+}
+
+func repositoryRoot() -> String {
+    var path = #filePath
+    for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
+    return path
+}
+
+@Suite struct ConformanceTests {
+    @Test func ourServerPassesEveryCheck() throws {
+        let registry = VariantRegistry.standard
+        let spec = try registry.loadSpec(path: repositoryRoot() + "/specs/default.json")
+        let device = try registry.bind(spec).driver.build(spec)
+        let path = temporarySocketPath("ours")
+        let listener = try UnixListener(path: path)
+        let server = VFIOUserServer(device: device)
+        server.start(on: listener)
+        defer { server.stop() }
+        let report = ConformanceSuite(socketPath: path).run()
+        let failures = report.results.filter { $0.outcome == .fail }.map(\.line)
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+        #expect(report.count(.pass) >= 40)
+    }
+
+    /// A server that gets several things wrong on purpose: answers VERSION with
+    /// 0.1 and a reply longer than the request, replies to NO_REPLY writes, and
+    /// accepts any region index.
+    @Test func aBrokenServerIsReported() throws {
+        let path = temporarySocketPath("broken")
+        let listener = try UnixListener(path: path)
+        spawnThread(name: "broken-server") {
+            while let s = try? listener.accept() {
+                spawnThread(name: "broken-conn") { BrokenServer.serve(s) }
+            }
+        }
+        defer { listener.close() }
+        let report = ConformanceSuite(socketPath: path, timeoutMs: 1000).run()
+        let failed = Set(report.results.filter { $0.outcome == .fail }.map(\.id))
+        #expect(failed.contains("version.major-minor"))
+        #expect(failed.contains("version.reply-not-longer"))
+        #expect(failed.contains("message.no-reply"))
+        #expect(failed.contains("region.info-bad-index"))
+        #expect(report.text.hasSuffix("skipped"))
+        #expect(report.json.contains("\"failed\":\(report.count(.fail))"))
+    }
+}
+
+enum BrokenServer {
+    static func serve(_ s: MessageSocket) {
+        while let m = try? s.receive(maxMessageSize: 1 << 21, maxFDs: 16) {
+            m.closeFDs()
+            let h = m.header
+            switch h.command {
+            case .version:
+                let caps = VersionCapabilities(maxMsgFDs: 16, maxDataXferSize: 1 << 20, pgsizes: 4096, maxDMAMaps: 65535,
+                                               writeMultiple: true, extensions: ["padding": String(repeating: "x", count: 300)])
+                let p = VersionPayload(major: 0, minor: 1, capabilities: caps).encoded
+                try? s.send(header: .reply(to: h, payloadSize: p.count), payload: p)
+            case .deviceGetInfo:
+                let p = DeviceInfo(argsz: 16, flags: [.pci, .reset], numRegions: 9, numIRQs: 5).encoded
+                try? s.send(header: .reply(to: h, payloadSize: p.count), payload: p)
+            case .deviceGetRegionInfo:
+                let req = try? RegionInfoRequest(message: m.bytes)
+                let p = RegionInfo(index: req?.index ?? 0, flags: [.read, .write], size: 256).encoded
+                try? s.send(header: .reply(to: h, payloadSize: p.count), payload: p)
+            case .regionWrite:
+                // Replies even to NO_REPLY writes.
+                let p = Array(m.payload.prefix(16))
+                try? s.send(header: .reply(to: h, payloadSize: p.count), payload: p)
+            default:
+                try? s.send(header: .errorReply(to: h, errno: .EINVAL), payload: [])
+            }
+        }
+        s.fd.close()
+    }
+}
