@@ -33,6 +33,11 @@ public struct DMAMapping: Sendable {
 /// Accesses may span several adjacent mappings; any byte outside a mapping fails the
 /// whole access with EFAULT before anything is written. Guarded by the device lock.
 public final class DMAController: @unchecked Sendable {
+    /// The owning device's lock: every public method takes it (it is recursive).
+    let lock: DeviceLock
+
+    init(lock: DeviceLock) { self.lock = lock }
+
     public private(set) var mappings: [DMAMapping] = []  // sorted by address, disjoint
     public var maxMappings = 65535
     public let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -45,47 +50,51 @@ public final class DMAController: @unchecked Sendable {
     /// Adds a mapping. Takes ownership of `fd` (closed here on failure or after mmap).
     public func map(_ req: DMAMapRequest, fd: OwnedFD?, owner: SessionID,
                     transport: (any DMAMessageTransport)?) throws(VFIOErrno) {
-        defer { fd?.close() }
-        guard req.size > 0, req.address <= UInt64.max - req.size else { throw .EINVAL }
-        guard req.flags.isSubset(of: [.read, .write]), !req.flags.isEmpty else { throw .EINVAL }
-        if let existing = mappings.first(where: { $0.address < req.address + req.size && req.address < $0.end }) {
-            // An identical re-map is accepted as a no-op (libvfio-user does the same);
-            // any other overlap is EEXIST as the specification says.
-            if existing.address == req.address, existing.size == req.size, existing.flags == req.flags,
-               existing.fileOffset == req.offset, (existing.memory != nil) == (fd != nil) { return }
-            throw .EEXIST
-        }
-        guard mappings.count < maxMappings else { throw .ENOSPC }
-        var memory: MemoryMapping? = nil
-        var bias = 0
-        if let fd {
-            guard req.size <= UInt64(Int.max / 2), req.offset <= UInt64(Int64.max) else { throw .EINVAL }
-            let aligned = req.offset & ~UInt64(pageSize - 1)
-            bias = Int(req.offset - aligned)
-            do {
-                memory = try MemoryMapping(fd: fd.rawValue, offset: aligned, length: Int(req.size) + bias,
-                                           writable: req.flags.contains(.write))
-            } catch {
+        try lock.withLock { () throws(VFIOErrno) in
+            defer { fd?.close() }
+            guard req.size > 0, req.address <= UInt64.max - req.size else { throw .EINVAL }
+            guard req.flags.isSubset(of: [.read, .write]), !req.flags.isEmpty else { throw .EINVAL }
+            if let existing = mappings.first(where: { $0.address < req.address + req.size && req.address < $0.end }) {
+                // An identical re-map is accepted as a no-op (libvfio-user does the same);
+                // any other overlap is EEXIST as the specification says.
+                if existing.address == req.address, existing.size == req.size, existing.flags == req.flags,
+                   existing.fileOffset == req.offset, (existing.memory != nil) == (fd != nil) { return }
+                throw .EEXIST
+            }
+            guard mappings.count < maxMappings else { throw .ENOSPC }
+            var memory: MemoryMapping? = nil
+            var bias = 0
+            if let fd {
+                guard req.size <= UInt64(Int.max / 2), req.offset <= UInt64(Int64.max) else { throw .EINVAL }
+                let aligned = req.offset & ~UInt64(pageSize - 1)
+                bias = Int(req.offset - aligned)
+                do {
+                    memory = try MemoryMapping(fd: fd.rawValue, offset: aligned, length: Int(req.size) + bias,
+                                               writable: req.flags.contains(.write))
+                } catch {
+                    throw .EINVAL
+                }
+            } else if transport == nil {
                 throw .EINVAL
             }
-        } else if transport == nil {
-            throw .EINVAL
+            let m = DMAMapping(address: req.address, size: req.size, flags: req.flags, fileOffset: req.offset,
+                               memory: memory, memoryBias: bias, owner: owner, transport: fd == nil ? transport : nil)
+            let at = mappings.firstIndex { $0.address > req.address } ?? mappings.count
+            mappings.insert(m, at: at)
         }
-        let m = DMAMapping(address: req.address, size: req.size, flags: req.flags, fileOffset: req.offset,
-                           memory: memory, memoryBias: bias, owner: owner, transport: fd == nil ? transport : nil)
-        let at = mappings.firstIndex { $0.address > req.address } ?? mappings.count
-        mappings.insert(m, at: at)
     }
 
     /// Removes the mapping with exactly this address and size (ENOENT otherwise).
     public func unmap(address: UInt64, size: UInt64) throws(VFIOErrno) {
-        guard let i = mappings.firstIndex(where: { $0.address == address && $0.size == size }) else { throw .ENOENT }
-        mappings.remove(at: i)
+        try lock.withLock { () throws(VFIOErrno) in
+            guard let i = mappings.firstIndex(where: { $0.address == address && $0.size == size }) else { throw .ENOENT }
+            mappings.remove(at: i)
+        }
     }
 
-    public func unmapAll() { mappings.removeAll() }
+    public func unmapAll() { lock.withLock { mappings.removeAll() } }
 
-    public func removeAll(owner: SessionID) { mappings.removeAll { $0.owner == owner } }
+    public func removeAll(owner: SessionID) { lock.withLock { mappings.removeAll { $0.owner == owner } } }
 
     // MARK: Device access
 
@@ -110,32 +119,38 @@ public final class DMAController: @unchecked Sendable {
 
     /// Reads client memory on the device's behalf.
     public func read(address: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
-        if let e = allowed() { throw e }
-        var out = [UInt8]()
-        out.reserveCapacity(count)
-        for (m, off, n) in try pieces(address, count, write: false) {
-            if let mem = m.memory {
-                guard let b = mem.read(at: off + UInt64(m.memoryBias), count: n) else { throw .EFAULT }
-                out.append(contentsOf: b)
-            } else if let t = m.transport {
-                var done = 0
-                while done < n {
-                    let chunk = min(n - done, max(t.maxTransferSize, 1))
-                    let b = try t.dmaRead(address: m.address + off + UInt64(done), count: chunk)
-                    guard b.count == chunk else { throw .EIO }
+        try lock.withLock { () throws(VFIOErrno) -> [UInt8] in
+            if let e = allowed() { throw e }
+            var out = [UInt8]()
+            out.reserveCapacity(count)
+            for (m, off, n) in try pieces(address, count, write: false) {
+                if let mem = m.memory {
+                    guard let b = mem.read(at: off + UInt64(m.memoryBias), count: n) else { throw .EFAULT }
                     out.append(contentsOf: b)
-                    done += chunk
+                } else if let t = m.transport {
+                    var done = 0
+                    while done < n {
+                        let chunk = min(n - done, max(t.maxTransferSize, 1))
+                        let b = try t.dmaRead(address: m.address + off + UInt64(done), count: chunk)
+                        guard b.count == chunk else { throw .EIO }
+                        out.append(contentsOf: b)
+                        done += chunk
+                    }
+                } else {
+                    throw .EFAULT
                 }
-            } else {
-                throw .EFAULT
             }
+            return out
         }
-        return out
     }
 
     /// Writes client memory on the device's behalf; every page written is logged
     /// while dirty-page logging runs.
     public func write<C: Collection>(address: UInt64, _ data: C) throws(VFIOErrno) where C.Element == UInt8 {
+        try lock.withLock { () throws(VFIOErrno) in try writeLocked(address: address, data) }
+    }
+
+    private func writeLocked<C: Collection>(address: UInt64, _ data: C) throws(VFIOErrno) where C.Element == UInt8 {
         if let e = allowed() { throw e }
         let bytes = Array(data)
         var at = 0
@@ -160,14 +175,16 @@ public final class DMAController: @unchecked Sendable {
     // MARK: Dirty page logging (DMA_LOGGING_START / STOP / REPORT)
 
     public func startLogging(pageSize: UInt64, ranges: [DMALoggingRange]) throws(VFIOErrno) {
-        guard dirtyLog == nil else { throw .EBUSY }
-        guard pageSize >= 4096, pageSize.nonzeroBitCount == 1 else { throw .EINVAL }
-        dirtyLog = DirtyPageLog(pageSize: pageSize, ranges: ranges)
+        try lock.withLock { () throws(VFIOErrno) in
+            guard dirtyLog == nil else { throw .EBUSY }
+            guard pageSize >= 4096, pageSize.nonzeroBitCount == 1 else { throw .EINVAL }
+            dirtyLog = DirtyPageLog(pageSize: pageSize, ranges: ranges)
+        }
     }
 
-    public func stopLogging() { dirtyLog = nil }
+    public func stopLogging() { lock.withLock { dirtyLog = nil } }
 
-    public func setDirtyLog(_ log: DirtyPageLog?) { dirtyLog = log }
+    public func setDirtyLog(_ log: DirtyPageLog?) { lock.withLock { dirtyLog = log } }
 }
 
 /// Pages the device wrote, at the logging page size, as a sparse bitmap.

@@ -44,14 +44,12 @@ public final class InterruptController: @unchecked Sendable {
     var pendingChanged: @Sendable (_ index: Int, _ vector: Int, _ pending: Bool) -> Void = { _, _, _ in }
     /// Whether interrupts may be raised at all (migration STOP / P2P states forbid it).
     var raisingAllowed: @Sendable () -> Bool = { true }
-    /// Runs a body under the device lock (for the irqfd watcher thread).
-    var withDeviceLock: @Sendable (() -> Void) -> Void = { $0() }
     private var irqfdWatcher: IRQFDWatcher?
     private var irqfds: IRQFDWatcher {
         if let w = irqfdWatcher { return w }
         let w = IRQFDWatcher { [weak self] key in
             guard let self else { return }
-            self.withDeviceLock {
+            self.lock.withLock {
                 guard key.index < self.indices.count, key.vector < self.indices[key.index].count else { return }
                 self.indices[key.index].vectors[key.vector].masked = !key.unmask
                 self.reevaluate()
@@ -63,7 +61,11 @@ public final class InterruptController: @unchecked Sendable {
 
     deinit { irqfdWatcher?.stop() }
 
-    init(intx: Int, msi: Int, msix: Int, err: Int, req: Int) {
+    /// The owning device's lock: every public method takes it (it is recursive).
+    let lock: DeviceLock
+
+    init(lock: DeviceLock, intx: Int, msi: Int, msix: Int, err: Int, req: Int) {
+        self.lock = lock
         func idx(_ n: Int, _ f: IRQInfoFlags) -> IndexState { IndexState(flags: f, vectors: Array(repeating: Vector(), count: n)) }
         indices = [
             idx(intx, [.eventfd, .maskable, .automasked]),
@@ -75,14 +77,18 @@ public final class InterruptController: @unchecked Sendable {
     }
 
     public func info(index: UInt32) throws(VFIOErrno) -> IRQInfo {
-        guard index < UInt32(indices.count) else { throw .EINVAL }
-        let s = indices[Int(index)]
-        return IRQInfo(argsz: 16, flags: s.count > 0 ? s.flags : [], index: index, count: UInt32(s.count))
+        try lock.withLock { () throws(VFIOErrno) -> IRQInfo in
+            guard index < UInt32(indices.count) else { throw .EINVAL }
+            let s = indices[Int(index)]
+            return IRQInfo(argsz: 16, flags: s.count > 0 ? s.flags : [], index: index, count: UInt32(s.count))
+        }
     }
 
     /// True when a client bound at least one eventfd on the index (vfio's notion of "enabled").
     public func isEnabled(_ index: IRQIndex) -> Bool {
-        indices[Int(index.rawValue)].vectors.contains { $0.eventFD != nil }
+        lock.withLock {
+            indices[Int(index.rawValue)].vectors.contains { $0.eventFD != nil }
+        }
     }
 
     // MARK: SET_IRQS (reference §3.7)
@@ -90,60 +96,62 @@ public final class InterruptController: @unchecked Sendable {
     /// Applies a SET_IRQS request. Consumes `fds` (each is owned by a vector afterwards,
     /// or closed). Validation follows libvfio-user and Linux; every failure is EINVAL.
     public func setIRQs(_ req: SetIRQs, fds: [OwnedFD], session: SessionID) throws(VFIOErrno) {
-        guard req.index < UInt32(indices.count) else { throw .EINVAL }
-        let index = Int(req.index)
-        guard let data = req.dataType, let action = req.action else { throw .EINVAL }
-        let n = indices[index].count
-        let start = Int(req.start), count = Int(req.count)
-        if !fds.isEmpty && data != .eventfd { throw .EINVAL }
-        if index >= 3 && action != .trigger { throw .EINVAL }
-        if count == 0 {
-            guard start == 0, data == .none, action == .trigger else { throw .EINVAL }
-            // Disable the whole index, its (un)mask notifiers included.
-            for v in 0..<n { unbind(index, v) }
-            irqfdWatcher?.removeAll(index: index)
-            if index == 0 { indices[0].vectors.indices.forEach { indices[0].vectors[$0].masked = false } }
-            return
-        }
-        guard start < n, count <= n - start else { throw .EINVAL }
-        if action != .trigger && !indices[index].flags.contains(.maskable) { throw .EINVAL }
-        switch data {
-        case .bool:
-            guard req.data.count == count else { throw .EINVAL }
-        case .eventfd:
-            guard fds.isEmpty || fds.count == count else { throw .EINVAL }
-        case .none:
-            break
-        }
-        let range = start..<(start + count)
-        func selected(_ i: Int) -> Bool { data != .bool || req.data[req.data.startIndex + (i - start)] != 0 }
-        switch action {
-        case .trigger:
-            switch data {
-            case .eventfd:
-                for (k, v) in range.enumerated() {
-                    unbind(index, v)
-                    if !fds.isEmpty {
-                        indices[index].vectors[v].eventFD = fds[k]
-                        indices[index].vectors[v].owner = session
-                    }
-                }
-                reevaluate()
-            case .none, .bool:
-                // Loopback: the client asks us to fire the interrupt.
-                for v in range where selected(v) { trigger(index: index, vector: v) }
-            }
-        case .mask, .unmask:
-            if data == .eventfd {
-                // The fds are notifications into the device: signalling one (un)masks its vector.
-                for (k, v) in range.enumerated() {
-                    irqfds.set(.init(index: index, vector: v, unmask: action == .unmask),
-                               fd: fds.isEmpty ? nil : fds[k], owner: session)
-                }
+        try lock.withLock { () throws(VFIOErrno) in
+            guard req.index < UInt32(indices.count) else { throw .EINVAL }
+            let index = Int(req.index)
+            guard let data = req.dataType, let action = req.action else { throw .EINVAL }
+            let n = indices[index].count
+            let start = Int(req.start), count = Int(req.count)
+            if !fds.isEmpty && data != .eventfd { throw .EINVAL }
+            if index >= 3 && action != .trigger { throw .EINVAL }
+            if count == 0 {
+                guard start == 0, data == .none, action == .trigger else { throw .EINVAL }
+                // Disable the whole index, its (un)mask notifiers included.
+                for v in 0..<n { unbind(index, v) }
+                irqfdWatcher?.removeAll(index: index)
+                if index == 0 { indices[0].vectors.indices.forEach { indices[0].vectors[$0].masked = false } }
                 return
             }
-            for v in range where selected(v) { indices[index].vectors[v].masked = (action == .mask) }
-            reevaluate()
+            guard start < n, count <= n - start else { throw .EINVAL }
+            if action != .trigger && !indices[index].flags.contains(.maskable) { throw .EINVAL }
+            switch data {
+            case .bool:
+                guard req.data.count == count else { throw .EINVAL }
+            case .eventfd:
+                guard fds.isEmpty || fds.count == count else { throw .EINVAL }
+            case .none:
+                break
+            }
+            let range = start..<(start + count)
+            func selected(_ i: Int) -> Bool { data != .bool || req.data[req.data.startIndex + (i - start)] != 0 }
+            switch action {
+            case .trigger:
+                switch data {
+                case .eventfd:
+                    for (k, v) in range.enumerated() {
+                        unbind(index, v)
+                        if !fds.isEmpty {
+                            indices[index].vectors[v].eventFD = fds[k]
+                            indices[index].vectors[v].owner = session
+                        }
+                    }
+                    reevaluate()
+                case .none, .bool:
+                    // Loopback: the client asks us to fire the interrupt.
+                    for v in range where selected(v) { trigger(index: index, vector: v) }
+                }
+            case .mask, .unmask:
+                if data == .eventfd {
+                    // The fds are notifications into the device: signalling one (un)masks its vector.
+                    for (k, v) in range.enumerated() {
+                        irqfds.set(.init(index: index, vector: v, unmask: action == .unmask),
+                                   fd: fds.isEmpty ? nil : fds[k], owner: session)
+                    }
+                    return
+                }
+                for v in range where selected(v) { indices[index].vectors[v].masked = (action == .mask) }
+                reevaluate()
+            }
         }
     }
 
@@ -158,46 +166,56 @@ public final class InterruptController: @unchecked Sendable {
     /// Raises vector `vector` of an edge-triggered index (MSI, MSI-X, ERR, REQ),
     /// or asserts INTx for index 0.
     public func trigger(index: Int, vector: Int = 0) {
-        guard index < indices.count, vector < indices[index].count else { return }
-        if index == 0 { assertINTx(); return }
-        guard raisingAllowed() else { return }
-        if isMasked(index, vector) || indices[index].vectors[vector].eventFD == nil {
-            setPending(index, vector, true)
-            return
+        lock.withLock {
+            guard index < indices.count, vector < indices[index].count else { return }
+            if index == 0 { assertINTx(); return }
+            guard raisingAllowed() else { return }
+            if isMasked(index, vector) || indices[index].vectors[vector].eventFD == nil {
+                setPending(index, vector, true)
+                return
+            }
+            signal(index, vector)
         }
-        signal(index, vector)
     }
 
     public func trigger(_ index: IRQIndex, vector: Int = 0) { trigger(index: Int(index.rawValue), vector: vector) }
 
     /// Drives the INTx line high. Delivered (once) when not masked or disabled.
     public func assertINTx() {
-        guard indices[0].count > 0, raisingAllowed() else { return }
-        intxAsserted = true
-        reevaluate()
+        lock.withLock {
+            guard indices[0].count > 0, raisingAllowed() else { return }
+            intxAsserted = true
+            reevaluate()
+        }
     }
 
-    public func deassertINTx() { intxAsserted = false }
+    public func deassertINTx() { lock.withLock { intxAsserted = false } }
 
     public func isMasked(_ index: Int, _ vector: Int) -> Bool {
-        indices[index].vectors[vector].masked || externalMask(index, vector)
+        lock.withLock {
+            indices[index].vectors[vector].masked || externalMask(index, vector)
+        }
     }
 
     public func isPending(_ index: IRQIndex, vector: Int) -> Bool { indices[Int(index.rawValue)].vectors[vector].pending }
 
     /// Delivers whatever became deliverable after a mask, enable or eventfd change.
     public func reevaluate() {
-        guard raisingAllowed() else { return }
-        if intxAsserted, indices[0].count > 0, !indices[0].vectors[0].masked, !intxDisabled(),
-           indices[0].vectors[0].eventFD != nil {
-            signal(0, 0)
-            indices[0].vectors[0].masked = true   // automasked until UNMASK
-        }
-        for index in 1..<indices.count {
-            for v in 0..<indices[index].count where indices[index].vectors[v].pending {
-                if !isMasked(index, v) && indices[index].vectors[v].eventFD != nil {
-                    setPending(index, v, false)
-                    signal(index, v)
+        lock.withLock {
+            lock.withLock {
+                guard raisingAllowed() else { return }
+                if intxAsserted, indices[0].count > 0, !indices[0].vectors[0].masked, !intxDisabled(),
+                   indices[0].vectors[0].eventFD != nil {
+                    signal(0, 0)
+                    indices[0].vectors[0].masked = true   // automasked until UNMASK
+                }
+                for index in 1..<indices.count {
+                    for v in 0..<indices[index].count where indices[index].vectors[v].pending {
+                        if !isMasked(index, v) && indices[index].vectors[v].eventFD != nil {
+                            setPending(index, v, false)
+                            signal(index, v)
+                        }
+                    }
                 }
             }
         }
@@ -219,20 +237,24 @@ public final class InterruptController: @unchecked Sendable {
 
     /// Drops every eventfd a session registered (it disconnected).
     public func removeAll(owner: SessionID) {
-        irqfdWatcher?.removeAll(owner: owner)
-        for i in indices.indices {
-            for v in indices[i].vectors.indices where indices[i].vectors[v].owner == owner { unbind(i, v) }
+        lock.withLock {
+            irqfdWatcher?.removeAll(owner: owner)
+            for i in indices.indices {
+                for v in indices[i].vectors.indices where indices[i].vectors[v].owner == owner { unbind(i, v) }
+            }
         }
     }
 
     /// Device reset: nothing pending, INTx low and unmasked. Eventfd wiring is the
     /// VMM's and survives, as with vfio-pci.
     public func resetState() {
-        intxAsserted = false
-        for i in indices.indices {
-            for v in indices[i].vectors.indices {
-                indices[i].vectors[v].masked = false
-                if indices[i].vectors[v].pending { setPending(i, v, false) }
+        lock.withLock {
+            intxAsserted = false
+            for i in indices.indices {
+                for v in indices[i].vectors.indices {
+                    indices[i].vectors[v].masked = false
+                    if indices[i].vectors[v].pending { setPending(i, v, false) }
+                }
             }
         }
     }

@@ -26,7 +26,7 @@ public final class PCIDevice: @unchecked Sendable {
     public let configuration: PCIDeviceConfiguration
     public let config: ConfigSpace
     public let interrupts: InterruptController
-    public let dma = DMAController()
+    public let dma: DMAController
     public private(set) var placedCapabilities = PlacedCapabilities()
     public private(set) var msixTable: MSIXTable?
     /// Register storage of each register-backed BAR (index → file).
@@ -64,8 +64,9 @@ public final class PCIDevice: @unchecked Sendable {
     public init(configuration c: PCIDeviceConfiguration) throws(ConfigLayoutError) {
         configuration = c
         config = ConfigSpace(size: c.express ? 4096 : 256)
+        dma = DMAController(lock: lock)
         interrupts = InterruptController(
-            intx: c.interruptPin != 0 ? 1 : 0, msi: c.msi?.vectors ?? 0, msix: c.msix?.vectors ?? 0,
+            lock: lock, intx: c.interruptPin != 0 ? 1 : 0, msi: c.msi?.vectors ?? 0, msix: c.msix?.vectors ?? 0,
             err: (c.express || c.errInterrupt) ? 1 : 0, req: c.reqInterrupt ? 1 : 0)
         regions = Array(repeating: nil, count: RegionIndex.standardCount)
         try DeviceBuilder.validate(c)
@@ -415,7 +416,6 @@ public final class PCIDevice: @unchecked Sendable {
     }
 
     private func wireInterrupts() {
-        interrupts.withDeviceLock = { [unowned self] body in self.lock.withLock { body() } }
         interrupts.intxDisabled = { [unowned self] in self.config.load16(0x04) & Self.commandINTxDisable != 0 }
         interrupts.raisingAllowed = { [unowned self] in self._migration?.interruptsAllowed ?? true }
         dma.allowed = { [unowned self] in
