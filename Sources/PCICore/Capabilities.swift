@@ -87,33 +87,9 @@ public enum CapabilityLayout {
         var used = [Bool](repeating: false, count: config.size)
         for i in 0..<0x40 { used[i] = true }
 
-        func name(_ id: UInt8) -> String { "capability 0x" + String(id, radix: 16) }
-        func ename(_ id: UInt16) -> String { "extended capability 0x" + String(id, radix: 16) }
-        func free(_ o: Int, _ len: Int) -> Bool { o + len <= used.count && !used[o..<(o + len)].contains(true) }
-        func claim(_ o: Int, _ len: Int) { for i in o..<(o + len) { used[i] = true } }
-
-        // Standard: explicit first, then automatic, so automatic ones fill around them.
-        var stdOffsets = [Int?](repeating: nil, count: standard.count)
-        for (i, c) in standard.enumerated() {
-            guard c.length <= 0xC0 else { throw ConfigLayoutError(subject: name(c.id), reason: "is \(c.length) bytes; does not fit in 0x40-0xFF") }
-            guard let o = c.offset else { continue }
-            guard o % 4 == 0 else { throw ConfigLayoutError(subject: name(c.id), reason: "offset 0x\(String(o, radix: 16)) is not dword-aligned") }
-            guard o >= 0x40, o + c.length <= 0x100 else {
-                throw ConfigLayoutError(subject: name(c.id), reason: "offset 0x\(String(o, radix: 16)) + \(c.length) bytes is outside 0x40-0xFF")
-            }
-            guard free(o, c.length) else { throw ConfigLayoutError(subject: name(c.id), reason: "at 0x\(String(o, radix: 16)) overlaps another capability") }
-            claim(o, (c.length + 3) & ~3)
-            stdOffsets[i] = o
-        }
-        for (i, c) in standard.enumerated() where stdOffsets[i] == nil {
-            let len = (c.length + 3) & ~3
-            guard let o = stride(from: 0x40, through: 0x100 - len, by: 4).first(where: { free($0, len) }) else {
-                throw ConfigLayoutError(subject: name(c.id), reason: "no room left in 0x40-0xFF for \(c.length) bytes")
-            }
-            claim(o, len)
-            stdOffsets[i] = o
-        }
-        let stdOrder = zip(standard, stdOffsets.map { $0! }).sorted { $0.1 < $1.1 }
+        let stdOffsets = try place(standard.map { ("capability 0x" + String($0.id, radix: 16), $0.length, $0.offset) },
+                                   in: 0x40..<0x100, used: &used)
+        let stdOrder = zip(standard, stdOffsets).sorted { $0.1 < $1.1 }
         for (k, (c, o)) in stdOrder.enumerated() {
             let next = k + 1 < stdOrder.count ? stdOrder[k + 1].1 : 0
             config.define(offset: o, width: 1, value: UInt64(c.id))
@@ -129,34 +105,16 @@ public enum CapabilityLayout {
         }
 
         guard !extended.isEmpty else { return placed }
+        let names = extended.map { "extended capability 0x" + String($0.id, radix: 16) }
         guard config.size == 4096 else {
-            throw ConfigLayoutError(subject: ename(extended[0].id), reason: "needs PCI Express (4 KiB config space); set express: true")
+            throw ConfigLayoutError(subject: names[0], reason: "needs PCI Express (4 KiB config space); set express: true")
         }
-        for i in 0x100..<0x1000 { used[i] = false }
-        var extOffsets = [Int?](repeating: nil, count: extended.count)
-        for (i, c) in extended.enumerated() {
-            guard c.length <= 0xF00 else { throw ConfigLayoutError(subject: ename(c.id), reason: "is \(c.length) bytes; does not fit in 0x100-0xFFF") }
-            guard let o = c.offset else { continue }
-            guard o % 4 == 0 else { throw ConfigLayoutError(subject: ename(c.id), reason: "offset 0x\(String(o, radix: 16)) is not dword-aligned") }
-            guard o >= 0x100, o + c.length <= 0x1000 else {
-                throw ConfigLayoutError(subject: ename(c.id), reason: "offset 0x\(String(o, radix: 16)) + \(c.length) bytes is outside 0x100-0xFFF")
-            }
-            guard free(o, c.length) else { throw ConfigLayoutError(subject: ename(c.id), reason: "at 0x\(String(o, radix: 16)) overlaps another capability") }
-            claim(o, (c.length + 3) & ~3)
-            extOffsets[i] = o
-        }
-        // The list must start at 0x100: give that spot to the first automatic one if free.
-        for (i, c) in extended.enumerated() where extOffsets[i] == nil {
-            let len = (c.length + 3) & ~3
-            guard let o = stride(from: 0x100, through: 0x1000 - len, by: 4).first(where: { free($0, len) }) else {
-                throw ConfigLayoutError(subject: ename(c.id), reason: "no room left in 0x100-0xFFF for \(c.length) bytes")
-            }
-            claim(o, len)
-            extOffsets[i] = o
-        }
-        let extOrder = zip(extended, extOffsets.map { $0! }).sorted { $0.1 < $1.1 }
+        let extOffsets = try place(zip(names, extended).map { ($0, $1.length, $1.offset) }, in: 0x100..<0x1000, used: &used)
+        let extOrder = zip(extended, extOffsets).sorted { $0.1 < $1.1 }
+        // PCIe looks for the list at 0x100; automatic placement fills it first.
         guard extOrder[0].1 == 0x100 else {
-            throw ConfigLayoutError(subject: ename(extOrder[0].0.id), reason: "the first extended capability must be at 0x100")
+            throw ConfigLayoutError(subject: "extended capability 0x" + String(extOrder[0].0.id, radix: 16),
+                                    reason: "the first extended capability must be at 0x100")
         }
         for (k, (c, o)) in extOrder.enumerated() {
             let next = k + 1 < extOrder.count ? extOrder[k + 1].1 : 0
@@ -166,6 +124,41 @@ public enum CapabilityLayout {
             placed.extended.append((c.id, o, c.length))
         }
         return placed
+    }
+
+    /// Chooses an offset for each item inside `area`: explicit offsets first (checked),
+    /// then the others into the first free dword-aligned spots, so automatic
+    /// placement fills around explicit placement.
+    private static func place(_ items: [(name: String, length: Int, offset: Int?)], in area: Range<Int>,
+                              used: inout [Bool]) throws(ConfigLayoutError) -> [Int] {
+        func hex(_ v: Int) -> String { "0x" + String(v, radix: 16) }
+        func free(_ o: Int, _ len: Int) -> Bool { o + len <= area.upperBound && !used[o..<(o + len)].contains(true) }
+        func claim(_ o: Int, _ len: Int) { for i in o..<min(o + len, used.count) { used[i] = true } }
+        let areaName = "0x" + String(area.lowerBound, radix: 16, uppercase: true) + "-0x"
+            + String(area.upperBound - 1, radix: 16, uppercase: true)
+        var offsets = [Int?](repeating: nil, count: items.count)
+        for (i, item) in items.enumerated() {
+            guard item.length <= area.count else {
+                throw ConfigLayoutError(subject: item.name, reason: "is \(item.length) bytes; does not fit in \(areaName)")
+            }
+            guard let o = item.offset else { continue }
+            guard o % 4 == 0 else { throw ConfigLayoutError(subject: item.name, reason: "offset \(hex(o)) is not dword-aligned") }
+            guard o >= area.lowerBound, o + item.length <= area.upperBound else {
+                throw ConfigLayoutError(subject: item.name, reason: "offset \(hex(o)) + \(item.length) bytes is outside \(areaName)")
+            }
+            guard free(o, item.length) else { throw ConfigLayoutError(subject: item.name, reason: "at \(hex(o)) overlaps another capability") }
+            claim(o, (item.length + 3) & ~3)
+            offsets[i] = o
+        }
+        for (i, item) in items.enumerated() where offsets[i] == nil {
+            let len = (item.length + 3) & ~3
+            guard let o = stride(from: area.lowerBound, through: area.upperBound - len, by: 4).first(where: { free($0, len) }) else {
+                throw ConfigLayoutError(subject: item.name, reason: "no room left in \(areaName) for \(item.length) bytes")
+            }
+            claim(o, len)
+            offsets[i] = o
+        }
+        return offsets.map { $0! }
     }
 
     /// Dword-aligned ranges of extended config space that no capability uses.
