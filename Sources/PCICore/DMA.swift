@@ -66,7 +66,14 @@ public final class DMAController: @unchecked Sendable {
             var bias = 0
             if let fd {
                 guard req.size <= UInt64(Int.max / 2), req.offset <= UInt64(Int64.max) else { throw .EINVAL }
-                let aligned = req.offset & ~UInt64(pageSize - 1)
+                // Touching a mapping beyond the end of its file raises SIGBUS: refuse
+            // ranges the file does not cover (memfds and files are S_IFREG).
+            var st = stat()
+            guard fstat(fd.rawValue, &st) == 0 else { throw .EBADF }
+            if st.st_mode & S_IFMT == S_IFREG {
+                guard req.offset <= UInt64(st.st_size), req.size <= UInt64(st.st_size) - req.offset else { throw .EINVAL }
+            }
+            let aligned = req.offset & ~UInt64(pageSize - 1)
                 bias = Int(req.offset - aligned)
                 do {
                     memory = try MemoryMapping(fd: fd.rawValue, offset: aligned, length: Int(req.size) + bias,

@@ -1,0 +1,38 @@
+import Glibc
+import PCICore
+import Testing
+import VFIOUserClient
+import VFIOUserProtocol
+import VFIOUserServer
+import VFIOUserTransport
+
+/// A DMA_MAP larger than the file behind its fd would let a device access raise
+/// SIGBUS in the server; it must be refused up front.
+@Suite struct DMABoundsTests {
+    @Test func aMapBeyondTheEndOfItsFileIsRefused() throws {
+        var c = PCIDeviceConfiguration(name: "dma-bounds", identity: PCIIdentity(vendor: 0x1b36, device: 0x98))
+        c.bars = [BARDescriptor(index: 0, size: 4096)]
+        let device = try PCIDevice(configuration: c)
+        var template = Array("/tmp/vfu-dmab-XXXXXX".utf8CString)
+        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        let listener = try UnixListener(path: dir + "/s.sock")
+        let server = VFIOUserServer(device: device)
+        server.start(on: listener)
+        defer { server.stop() }
+        let client = try VFIOUserClient(path: dir + "/s.sock")
+        let mem = try ClientMemory(size: 8192)
+        #expect(throws: ClientError.server(.dmaMap, .EINVAL)) {
+            try client.dmaMap(mem, address: 0x10000, size: 1 << 20)
+        }
+        #expect(throws: ClientError.server(.dmaMap, .EINVAL)) {
+            try client.dmaMap(mem, address: 0x10000, offset: 4096, size: 8192)
+        }
+        try client.dmaMap(mem, address: 0x10000, offset: 4096, size: 4096)
+        #expect(device.dma.mappings.count == 1)
+        // The device reaches exactly that page: one byte past it is EFAULT, not SIGBUS.
+        mem.write(at: 4096, [0xAB])
+        try client.writeConfig16(0x04, 0x0006)
+        #expect(try device.dmaRead(address: 0x10000, count: 1) == [0xAB])
+        #expect(throws: VFIOErrno.EFAULT) { _ = try device.dmaRead(address: 0x10000, count: 4097) }
+    }
+}
