@@ -14,7 +14,10 @@ int vfu_eventfd(unsigned int initval, int nonblocking) {
     return eventfd(initval, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0));
 }
 
-int vfu_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+int vfu_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING); }
+
+#include <fcntl.h>
+int vfu_memfd_seal_size(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL); }
 
 int vfu_accept_cloexec(int fd) {
     int r;

@@ -34,7 +34,7 @@ public final class SharedMemory: Sendable {
     public var size: Int { mapping.length }
 
     public init(name: String, size: Int) throws(TransportError) {
-        fd = try MemFD.create(name: name, size: size)
+        fd = try MemFD.create(name: name, size: size, sealSize: true)
         mapping = try MemoryMapping(fd: fd.rawValue, offset: 0, length: size, writable: true)
     }
 
@@ -97,9 +97,16 @@ public struct Region: Sendable {
         self.decodeGate = decodeGate
     }
 
+    /// Memory offered for mmap when the backing is not `.memory` itself: a variant
+    /// that serves REGION_READ/WRITE with its own rules over the same memory (e.g.
+    /// nvgrace's fake BARs, whose bytes past the real memory read as 0xFF).
+    public var mmapMemory: SharedMemory? = nil
+
     /// The memfd clients may map, if any.
     public var mmapFD: Int32? {
-        guard mmappable, case .memory(let m) = backing else { return nil }
+        guard mmappable else { return nil }
+        if let m = mmapMemory { return m.fd.rawValue }
+        guard case .memory(let m) = backing else { return nil }
         return m.fd.rawValue
     }
 

@@ -32,11 +32,14 @@ public enum EventFD {
 
 /// memfd_create(2): anonymous shared memory that can be passed as an fd.
 public enum MemFD {
-    public static func create(name: String, size: Int) throws(TransportError) -> OwnedFD {
+    /// A memfd of `size` bytes. With `sealSize` its size can never change again, so a
+    /// peer we share it with cannot shrink it under our mappings (which would SIGBUS).
+    public static func create(name: String, size: Int, sealSize: Bool = false) throws(TransportError) -> OwnedFD {
         let fd = vfu_memfd_create(name)
         guard fd >= 0 else { throw .system("memfd_create", errno) }
         let owned = OwnedFD(fd)
         guard ftruncate(fd, off_t(size)) == 0 else { throw .system("ftruncate", errno) }
+        if sealSize { guard vfu_memfd_seal_size(fd) == 0 else { throw .system("F_ADD_SEALS", errno) } }
         return owned
     }
 }

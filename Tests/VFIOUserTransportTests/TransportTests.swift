@@ -181,3 +181,13 @@ final class Thread: @unchecked Sendable {
     }
     func join() { pthread_join(tid, nil) }
 }
+
+@Suite struct SealTests {
+    @Test func aSealedMemFDCannotBeResized() throws {
+        let fd = try MemFD.create(name: "sealed", size: 4096, sealSize: true)
+        #expect(ftruncate(fd.rawValue, 0) != 0)
+        #expect(ftruncate(fd.rawValue, 8192) != 0)
+        let open = try MemFD.create(name: "open", size: 4096)
+        #expect(ftruncate(open.rawValue, 8192) == 0)
+    }
+}

@@ -9,8 +9,11 @@
 
 /// eventfd(2) with EFD_CLOEXEC, optionally EFD_NONBLOCK. Returns -1 and errno on failure.
 int vfu_eventfd(unsigned int initval, int nonblocking);
-/// memfd_create(2) with MFD_CLOEXEC. Returns -1 and errno on failure.
+/// memfd_create(2) with MFD_CLOEXEC | MFD_ALLOW_SEALING. Returns -1 and errno on failure.
 int vfu_memfd_create(const char *name);
+/// Seals a memfd's size (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), so nobody it is
+/// shared with can make our mappings of it fault. Returns 0 or -1 with errno.
+int vfu_memfd_seal_size(int fd);
 /// accept4(2) with SOCK_CLOEXEC.
 int vfu_accept_cloexec(int fd);
 /// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC).
