@@ -76,9 +76,13 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Example variant (examples/TemperatureSensor): built by CI so it keeps compiling against the public API.
+        .target(name: "ExampleTemperatureSensor", dependencies: ["PCICore", "DeviceSpecs", "VariantDevices", "VFIOUserProtocol"], path: "examples/TemperatureSensor/Sources", swiftSettings: strict),
+
         .testTarget(name: "VFIOUserProtocolTests", dependencies: ["VFIOUserProtocol"], swiftSettings: strict),
         .testTarget(name: "VFIOUserTransportTests", dependencies: ["VFIOUserTransport", "CVFIOUserShim"], swiftSettings: strict),
         .testTarget(name: "PCICoreTests", dependencies: ["PCICore"], swiftSettings: strict),
+        .testTarget(name: "PCICoreIntegrationTests", dependencies: ["PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "ExampleTemperatureSensor"], swiftSettings: strict),
         .testTarget(
             name: "VFIOUserServerTests",
             dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim"],
@@ -88,6 +92,7 @@ let package = Package(
             dependencies: ["VFIOUserConformance", "VFIOUserServer", "VariantDevices", "DeviceSpecs", "PCICore",
                            "VFIOUserTransport", "VFIOUserProtocol"],
             swiftSettings: strict),
+        .testTarget(name: "MigrationTests", dependencies: ["PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices"], swiftSettings: strict),
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",

@@ -25,6 +25,10 @@ public struct DeviceSpec: Sendable {
     public var sections: [String: SpecNode]
     /// The folder of the spec file, for files it names (OpRegion images, ...).
     public var directory: String
+    /// Index in `configuration.extendedCapabilities` of the free-space DVSEC
+    /// placeholder (`"id": "free-space-dvsec"`), which `buildCoreDevice` fills in
+    /// with the ranges left free by the final layout.
+    public var freeSpaceDVSEC: Int? = nil
 
     /// Top-level keys the core understands.
     public static let coreKeys: Set<String> = [
@@ -52,9 +56,17 @@ public struct DeviceSpec: Sendable {
 
     /// Builds the core device, turning core validation failures into spec errors.
     public func buildCoreDevice(_ configuration: PCIDeviceConfiguration? = nil) throws(SpecError) -> PCIDevice {
-        do { return try PCIDevice(configuration: configuration ?? self.configuration) } catch {
+        do { return try PCIDevice(configuration: try finalConfiguration(configuration ?? self.configuration)) } catch {
             throw SpecError(file: file, field: error.subject, reason: error.reason)
         }
+    }
+
+    /// `c` with the free-space DVSEC (if the spec asks for one) listing the ranges
+    /// that the layout of `c` leaves free. Variants that adjust the configuration
+    /// must only append capabilities, so the placeholder keeps its index.
+    public func finalConfiguration(_ c: PCIDeviceConfiguration) throws(ConfigLayoutError) -> PCIDeviceConfiguration {
+        guard let i = freeSpaceDVSEC else { return c }
+        return try FreeSpaceDVSEC.resolve(c, at: i).0
     }
 
     public func error(_ field: String, _ reason: String) -> SpecError { SpecError(file: file, field: field, reason: reason) }

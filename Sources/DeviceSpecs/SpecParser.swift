@@ -20,7 +20,8 @@ enum SpecParser {
         }
         if let i = top["interrupts"] { try interrupts(i, into: &c) }
         if let caps = top["capabilities"] { try capabilities(caps, into: &c) }
-        if let ext = top["extendedCapabilities"] { try extendedCapabilities(ext, into: &c) }
+        var freeSpace: Int? = nil
+        if let ext = top["extendedCapabilities"] { freeSpace = try extendedCapabilities(ext, into: &c) }
         if let regs = top["registers"] { c.registers = try registers(regs, bars: c.bars) }
         if let r = top["reset"] { c.resetSupported = try r.bool() }
         var doorbell: DoorbellPlacement? = nil
@@ -42,9 +43,17 @@ enum SpecParser {
         do { try c.validate() } catch {
             throw SpecError(file: root.file, field: error.subject, reason: error.reason)
         }
-        return DeviceSpec(file: root.file, name: name, description: try top["description"]?.string() ?? "",
-                          variant: try top["variant"]?.string(), configuration: c, doorbell: doorbell,
-                          sections: sections, directory: ".")
+        var spec = DeviceSpec(file: root.file, name: name, description: try top["description"]?.string() ?? "",
+                              variant: try top["variant"]?.string(), configuration: c, doorbell: doorbell,
+                              sections: sections, directory: ".")
+        spec.freeSpaceDVSEC = freeSpace
+        if let i = freeSpace {
+            // The list only grows the DVSEC: check now that the final layout fits.
+            do { _ = try FreeSpaceDVSEC.resolve(c, at: i) } catch {
+                throw SpecError(file: root.file, field: "extendedCapabilities[\(i)]", reason: error.reason)
+            }
+        }
+        return spec
     }
 
     static func identity(_ n: SpecNode) throws(SpecError) -> PCIIdentity {
@@ -190,10 +199,12 @@ enum SpecParser {
         }
     }
 
-    static func extendedCapabilities(_ n: SpecNode, into c: inout PCIDeviceConfiguration) throws(SpecError) {
+    /// Returns the index of the free-space DVSEC placeholder, if the spec asks for one.
+    static func extendedCapabilities(_ n: SpecNode, into c: inout PCIDeviceConfiguration) throws(SpecError) -> Int? {
+        var freeSpace: Int? = nil
         for cap in try n.array() {
             guard case .object(let raw) = cap.value, case .string(let id)? = raw["id"] else {
-                throw cap.error("each extended capability needs an 'id' (dsn, vsec, pasid or dvsec)")
+                throw cap.error("each extended capability needs an 'id' (dsn, vsec, pasid, dvsec or free-space-dvsec)")
             }
             guard c.express else { throw cap.error("extended capabilities need \"express\": true") }
             switch id {
@@ -219,10 +230,22 @@ enum SpecParser {
                     vendor: UInt16(try v.unsigned(max: 0xFFFF)), revision: UInt8(try o["revision"]?.unsigned(max: 0xF) ?? 0),
                     dvsecID: UInt16(try o["dvsecId"]?.unsigned(max: 0xFFFF) ?? 0), data: try o["bytes"]?.hexBytes() ?? [],
                     offset: try o["offset"]?.int(in: 0...0xFFF)))
+            case "free-space-dvsec":
+                // Our convention (docs/protocol-extensions.md): a DVSEC listing the unused
+                // extended-config ranges; filled in when the device is built.
+                let o = try cap.object(allowed: ["id", "offset", "vendor", "revision", "dvsecId"])
+                guard freeSpace == nil else { throw cap.error("only one free-space DVSEC per device") }
+                freeSpace = c.extendedCapabilities.count
+                c.extendedCapabilities.append(FreeSpaceDVSEC.capability(
+                    vendor: UInt16(try o["vendor"]?.unsigned(max: 0xFFFF) ?? UInt64(c.identity.vendor)),
+                    revision: UInt8(try o["revision"]?.unsigned(max: 0xF) ?? UInt64(FreeSpaceDVSEC.defaultRevision)),
+                    dvsecID: UInt16(try o["dvsecId"]?.unsigned(max: 0xFFFF) ?? UInt64(FreeSpaceDVSEC.defaultDVSECID)),
+                    ranges: [], offset: try o["offset"]?.int(in: 0...0xFFF)))
             default:
-                throw cap.error("unknown extended capability id '\(id)' (dsn, vsec, pasid or dvsec)")
+                throw cap.error("unknown extended capability id '\(id)' (dsn, vsec, pasid, dvsec or free-space-dvsec)")
             }
         }
+        return freeSpace
     }
 
     static func registers(_ n: SpecNode, bars: [BARDescriptor]) throws(SpecError) -> [RegisterDefinition] {

@@ -92,14 +92,21 @@ public final class DMAController: @unchecked Sendable {
     }
 
     /// Removes the mapping with exactly this address and size (ENOENT otherwise).
-    public func unmap(address: UInt64, size: UInt64) throws(VFIOErrno) {
+    /// Removes the mapping with exactly this address and size that `owner` made
+    /// (ENOENT otherwise: one client cannot unmap another's memory).
+    public func unmap(address: UInt64, size: UInt64, owner: SessionID? = nil) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
-            guard let i = mappings.firstIndex(where: { $0.address == address && $0.size == size }) else { throw .ENOENT }
+            guard let i = mappings.firstIndex(where: { $0.address == address && $0.size == size && (owner == nil || $0.owner == owner) }) else {
+                throw .ENOENT
+            }
             mappings.remove(at: i)
         }
     }
 
-    public func unmapAll() { lock.withLock { mappings.removeAll() } }
+    /// Removes every mapping, or every mapping `owner` made.
+    public func unmapAll(owner: SessionID? = nil) {
+        lock.withLock { mappings.removeAll { owner == nil || $0.owner == owner } }
+    }
 
     public func removeAll(owner: SessionID) { lock.withLock { mappings.removeAll { $0.owner == owner } } }
 
@@ -162,6 +169,10 @@ public final class DMAController: @unchecked Sendable {
         let bytes = Array(data)
         var at = 0
         for (m, off, n) in try pieces(address, bytes.count, write: true) {
+            // Logged before the write: a message-based write that fails part-way may
+            // still have reached client memory, and a page logged too many is harmless
+            // where one missing corrupts a migration.
+            dirtyLog?.mark(address: m.address + off, length: UInt64(n))
             if let mem = m.memory {
                 guard mem.write(at: off + UInt64(m.memoryBias), bytes[at..<(at + n)]) else { throw .EFAULT }
             } else if let t = m.transport {
@@ -174,7 +185,6 @@ public final class DMAController: @unchecked Sendable {
             } else {
                 throw .EFAULT
             }
-            dirtyLog?.mark(address: m.address + off, length: UInt64(n))
             at += n
         }
     }

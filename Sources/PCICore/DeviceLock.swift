@@ -48,13 +48,13 @@ public final class DeviceLock: @unchecked Sendable {
     /// The caller must hold the lock, or `body` simply runs.
     public func suspend<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         guard pthread_mutex_trylock(mutex) == 0 else { return try body() }  // held by another thread: we hold nothing
-        // We now hold it one extra level; depth counts our levels (including this one).
+        // We now hold it one level more than `depth` (trylock does not count): release
+        // all of them, so no level of ours stays held while `body` waits.
         let levels = depth
-        for _ in 0..<levels { pthread_mutex_unlock(mutex) }
+        for _ in 0...levels { pthread_mutex_unlock(mutex) }
         defer {
             for _ in 0..<levels { pthread_mutex_lock(mutex) }
             depth = levels
-            pthread_mutex_unlock(mutex)  // drop the extra level taken by trylock
         }
         return try body()
     }

@@ -197,7 +197,9 @@ public final class InterruptController: @unchecked Sendable {
         }
     }
 
-    public func isPending(_ index: IRQIndex, vector: Int) -> Bool { indices[Int(index.rawValue)].vectors[vector].pending }
+    public func isPending(_ index: IRQIndex, vector: Int) -> Bool {
+        lock.withLock { indices[Int(index.rawValue)].vectors[vector].pending }
+    }
 
     /// Delivers whatever became deliverable after a mask, enable or eventfd change.
     public func reevaluate() {

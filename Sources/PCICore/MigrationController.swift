@@ -2,29 +2,64 @@ import VFIOUserProtocol
 
 /// What a migration-capable device model provides: its state as bytes, and the
 /// ability to stop, resume and load.
+///
+/// Every method is called with the device lock held.
 public protocol MigrationHandler: AnyObject, Sendable {
-    /// Called for every arc the state machine walks (already validated). Throwing
-    /// sends the device to ERROR.
+    /// Called for every direct arc the state machine walks (already validated).
+    /// Throwing sends the device to ERROR.
     func transition(from: MigrationState, to: MigrationState) throws(VFIOErrno)
-    /// Reads up to `max` bytes of the outgoing stream; fewer (or none) means no more now.
-    func readStateData(max: Int) throws(VFIOErrno) -> [UInt8]
-    /// Appends incoming stream bytes while RESUMING.
+    /// Appends up to `max` bytes of the outgoing stream to `out`; fewer (or none)
+    /// means no more now (PRE_COPY) or the end of the stream (STOP_COPY).
+    func readStateData(into out: inout [UInt8], max: Int) throws(VFIOErrno)
+    /// Takes incoming stream bytes while RESUMING.
     func writeStateData(_ data: ArraySlice<UInt8>) throws(VFIOErrno)
-    /// Bytes still to send: (initial, dirty) for PRE_COPY reporting and MIG_DATA_SIZE.
+    /// Bytes still to send while saving: `initial` (first pass not yet read) and
+    /// `dirty` (changed since it was read), as VFIO_MIG_GET_PRECOPY_INFO reports.
     func pendingBytes() -> (initial: UInt64, dirty: UInt64)
+    /// Estimated STOP_COPY stream length (MIG_DATA_SIZE).
+    func stopCopySize() -> UInt64
+    /// The device was reset (DEVICE_RESET, FLR, last client gone): drop any save or
+    /// load session; the controller is back in RUNNING.
+    func deviceReset()
+    /// Called after each arc, once the controller's state is `state` (the device may
+    /// act again: deliver pending interrupts, wake its engine).
+    func didEnter(_ state: MigrationState)
+    /// Why the last arc failed, for logs and clients' error messages.
+    var failureReason: String? { get }
+}
+
+extension MigrationHandler {
+    public func stopCopySize() -> UInt64 { let p = pendingBytes(); return p.initial + p.dirty }
+    public func deviceReset() {}
+    public func didEnter(_ state: MigrationState) {}
+    public var failureReason: String? { nil }
+}
+
+extension VFIOErrno {
+    /// Linux EBADMSG: a migration stream failed its checksum or framing checks.
+    public static let EBADMSG = VFIOErrno(74)
+    /// Linux ENODATA: a migration stream ended before its END record.
+    public static let ENODATA = VFIOErrno(61)
 }
 
 /// The VFIO migration v2 state machine (reference §5, variant-devices §4).
 ///
-/// A requested state is reached by walking direct arcs one at a time, along the
-/// path the kernel's `vfio_mig_get_next_state` takes; each arc is handed to the
-/// device's handler. A failing arc leaves the device in ERROR, from which only a
-/// reset recovers. Guarded by the device lock.
+/// A requested state is reached by walking direct arcs one at a time along the
+/// path the kernel's `vfio_mig_get_next_state` takes (its table is reproduced in
+/// `fsmTable`, including the skipping of optional states the device lacks). The
+/// whole path is computed before the first arc runs, so an illegal request is
+/// refused with EINVAL and changes nothing. Each arc is handed to the device's
+/// handler; a failing arc leaves the device in ERROR, from which only a reset
+/// recovers. Guarded by the device lock.
 public final class MigrationController: @unchecked Sendable {
     public private(set) var state: MigrationState = .running
     public let supportsPreCopy: Bool
     public let supportsP2P: Bool
     public let handler: any MigrationHandler
+    /// The arcs walked by the last `set`, for tests and logs.
+    public private(set) var lastPath: [MigrationState] = []
+    /// Why the last failed arc failed (nil after a success or reset).
+    public private(set) var lastFailure: String?
 
     public init(handler: any MigrationHandler, preCopy: Bool = true, p2p: Bool = true) {
         self.handler = handler
@@ -39,83 +74,169 @@ public final class MigrationController: @unchecked Sendable {
         return f
     }
 
-    /// The next direct arc from `cur` toward `target`, or nil if `target` cannot be reached.
-    public func nextState(from cur: MigrationState, to target: MigrationState) -> MigrationState? {
-        if cur == target { return cur }
-        if cur == .error || target == .error { return nil }
-        if !supportsP2P && (target == .runningP2P || target == .preCopyP2P) { return nil }
-        if !supportsPreCopy && (target == .preCopy || target == .preCopyP2P) { return nil }
-        let p2p = supportsP2P
-        switch (cur, target) {
-        case (.stop, .running): return p2p ? .runningP2P : .running
-        case (.stop, .runningP2P), (.stop, .preCopy), (.stop, .preCopyP2P): return p2p ? .runningP2P : .running
-        case (.stop, .stopCopy): return .stopCopy
-        case (.stop, .resuming): return .resuming
-        case (.running, .stop), (.running, .stopCopy), (.running, .resuming): return p2p ? .runningP2P : .stop
-        case (.running, .runningP2P): return .runningP2P
-        case (.running, .preCopy): return .preCopy
-        case (.running, .preCopyP2P): return .preCopy
-        case (.runningP2P, .running): return .running
-        case (.runningP2P, .preCopy): return .running
-        case (.runningP2P, .preCopyP2P): return .preCopyP2P
-        case (.runningP2P, _): return .stop
-        case (.preCopy, .running): return .running
-        case (.preCopy, .preCopyP2P): return .preCopyP2P
-        case (.preCopy, _): return .running
-        case (.preCopyP2P, .preCopy): return .preCopy
-        case (.preCopyP2P, .stopCopy): return .stopCopy
-        case (.preCopyP2P, _): return .runningP2P
-        case (.stopCopy, _): return .stop
-        case (.resuming, _): return .stop
-        default: return nil
+    /// The kernel's `vfio_from_fsm_table` (drivers/vfio/vfio_main.c): row = current
+    /// state, column = requested state, cell = the next direct arc. ERROR means the
+    /// request is invalid. Indexed by raw value (ERROR 0 ... PRE_COPY_P2P 7).
+    static let fsmTable: [[MigrationState]] = {
+        let E = MigrationState.error, S = MigrationState.stop, R = MigrationState.running
+        let SC = MigrationState.stopCopy, RS = MigrationState.resuming, RP = MigrationState.runningP2P
+        let PC = MigrationState.preCopy, PP = MigrationState.preCopyP2P
+        //            to: ERROR STOP RUNNING STOP_COPY RESUMING RUNNING_P2P PRE_COPY PRE_COPY_P2P
+        return [
+            /* ERROR        */ [E, E, E, E, E, E, E, E],
+            /* STOP         */ [E, S, RP, SC, RS, RP, RP, RP],
+            /* RUNNING      */ [E, RP, R, RP, RP, RP, PC, RP],
+            /* STOP_COPY    */ [E, S, S, SC, S, S, E, E],
+            /* RESUMING     */ [E, S, S, S, RS, S, S, S],
+            /* RUNNING_P2P  */ [E, S, R, S, S, RP, R, PP],
+            /* PRE_COPY     */ [E, R, R, PP, R, R, PC, PP],
+            /* PRE_COPY_P2P */ [E, RP, RP, SC, RP, RP, PC, PP],
+        ]
+    }()
+
+    /// Whether the device offers `s` (the kernel's `state_flags_table` check).
+    public func supports(_ s: MigrationState) -> Bool {
+        switch s {
+        case .error: false
+        case .stop, .running, .stopCopy, .resuming: true
+        case .runningP2P: supportsP2P
+        case .preCopy: supportsPreCopy
+        case .preCopyP2P: supportsPreCopy && supportsP2P
         }
     }
 
-    /// Whether the arc cur→next may be taken as the last hop only (saving states are
-    /// never walked through). STOP_COPY → PRE_COPY is never allowed.
-    private func legalPath(from cur: MigrationState, to target: MigrationState) -> [MigrationState]? {
-        var path: [MigrationState] = []
+    /// The next direct arc from `cur` toward `target`, or nil if `target` cannot be
+    /// reached (EINVAL). States the device does not support are skipped over by
+    /// looking the table up again from them, as the kernel does; the lookup stops at
+    /// ERROR (the kernel's loop needed a fix for that in 2026: ERROR's flags are ~0, so
+    /// STOP_COPY→PRE_COPY, whose next step is ERROR, spun forever).
+    public func nextState(from cur: MigrationState, to target: MigrationState) -> MigrationState? {
+        guard supports(cur), supports(target) else { return nil }
+        var next = Self.fsmTable[Int(cur.rawValue)][Int(target.rawValue)]
+        while next != .error && !supports(next) {
+            next = Self.fsmTable[Int(next.rawValue)][Int(target.rawValue)]
+        }
+        return next == .error ? nil : next
+    }
+
+    /// The arcs from `cur` to `target`, or nil if the request is invalid.
+    public func path(from cur: MigrationState, to target: MigrationState) -> [MigrationState]? {
+        var out: [MigrationState] = []
         var s = cur
         while s != target {
-            guard let n = nextState(from: s, to: target), n != s else { return nil }
-            if n != target && (n == .stopCopy || n == .preCopy || n == .preCopyP2P || n == .resuming) { return nil }
-            path.append(n)
+            guard let n = nextState(from: s, to: target), n != s, out.count < 8 else { return nil }
+            out.append(n)
             s = n
-            if path.count > 8 { return nil }
         }
-        return path
+        return out
     }
 
-    /// Moves to `target` arc by arc. Illegal requests leave the state unchanged
-    /// (EINVAL); a failing arc lands in ERROR and rethrows.
+    /// Moves to `target` arc by arc. An illegal request leaves the state unchanged
+    /// (EINVAL); a failing arc lands in ERROR and rethrows its errno.
     public func set(_ target: MigrationState) throws(VFIOErrno) {
-        guard target != .error, let path = legalPath(from: state, to: target) else { throw .EINVAL }
-        for next in path {
+        // ERROR is never a valid request, not even from ERROR (only a reset leaves it).
+        guard target != .error, let arcs = path(from: state, to: target) else { throw .EINVAL }
+        lastPath = []
+        for next in arcs {
             do { try handler.transition(from: state, to: next) } catch {
+                lastFailure = "\(state)→\(next): \(handler.failureReason ?? "\(error)")"
                 state = .error
                 throw error
             }
+            lastPath.append(next)
             state = next
+            handler.didEnter(next)
         }
+        lastFailure = nil
     }
 
     func deviceWasReset() {
-        let old = state
         state = .running
-        if old != .running { try? handler.transition(from: old == .error ? .stop : old, to: .running) }
+        lastFailure = nil
+        lastPath = []
+        handler.deviceReset()
     }
 
-    /// STOP_COPY and RESUMING keep the device frozen; ERROR refuses accesses too.
+    /// ERROR refuses region accesses. Every other state accepts them: STOP must still
+    /// answer config space and MSI-X (reference §4.2); a variant that must keep its
+    /// registers still while the stream is read or loaded refuses writes itself.
     func regionAccessError(region: UInt32) -> VFIOErrno? {
-        switch state {
-        case .error: return .EIO
-        default: return nil
+        state == .error ? .EIO : nil
+    }
+
+    /// Whether the device may act on its own (start DMA, raise interrupts, change
+    /// internal state): only RUNNING and PRE_COPY. The P2P states accept accesses but
+    /// start no DMA (we cannot tell peer-to-peer DMA apart) and raise no interrupts.
+    public var deviceMayRun: Bool { state == .running || state == .preCopy }
+
+    /// Interrupts are raised only while RUNNING or PRE_COPY.
+    var interruptsAllowed: Bool { deviceMayRun }
+
+    /// DMA runs only while RUNNING or PRE_COPY.
+    var dmaError: VFIOErrno? { deviceMayRun ? nil : .EBUSY }
+}
+
+// MARK: - Core state in the migration stream
+
+extension PCIDevice {
+    /// The core's part of a device's state: config space, the MSI-X table and which
+    /// MSI-X entries a client programmed. Variants put it in their stream (our own
+    /// client is the VMM, so nobody else restores config space on the destination).
+    ///
+    /// Layout: u32 config size, config bytes, u32 MSI-X table size, table bytes,
+    /// u32 vector count, one byte per vector (1 = programmed by the client).
+    public func saveCoreState() -> [UInt8] {
+        lock.withLock {
+            var w = WireWriter(capacity: config.size + 64)
+            w.u32(UInt32(config.size))
+            w.append(config.bytes)
+            let table = msixTable.map { t in (0..<t.vectors).flatMap { v -> [UInt8] in
+                let e = t.entry(v)
+                var b = [UInt8](repeating: 0, count: 16)
+                b.setLE64(e.address, at: 0); b.setLE32(e.data, at: 8); b[12] = e.masked ? 1 : 0
+                return b
+            } } ?? []
+            w.u32(UInt32(table.count))
+            w.append(table)
+            w.u32(UInt32(msixTouched.count))
+            w.append(msixTouched.map { $0 ? UInt8(1) : 0 })
+            return w.bytes
         }
     }
 
-    /// Interrupts are raised only while RUNNING or PRE_COPY.
-    var interruptsAllowed: Bool { state == .running || state == .preCopy }
+    /// Checks that `bytes` is a core state this device can load; nil if it is, else why not.
+    public func coreStateMismatch(_ bytes: [UInt8]) -> String? {
+        lock.withLock {
+            var r = WireReader(bytes, from: 0)
+            guard let n = try? r.u32(), Int(n) == config.size, (try? r.bytes(Int(n))) != nil else {
+                return "config space size differs (this device has \(config.size) bytes)"
+            }
+            guard let t = try? r.u32(), Int(t) == (msixTable?.vectors ?? 0) * 16, (try? r.bytes(Int(t))) != nil,
+                  let v = try? r.u32(), Int(v) == msixTouched.count, (try? r.bytes(Int(v))) != nil, r.remaining == 0 else {
+                return "MSI-X layout differs (this device has \(msixTable?.vectors ?? 0) vectors)"
+            }
+            return nil
+        }
+    }
 
-    /// DMA runs only while RUNNING or PRE_COPY.
-    var dmaError: VFIOErrno? { (state == .running || state == .preCopy) ? nil : .EBUSY }
+    /// Loads what `saveCoreState` produced (check it with `coreStateMismatch` first).
+    /// Config bytes are restored as stored, bypassing write policy and hooks.
+    public func loadCoreState(_ bytes: [UInt8]) {
+        lock.withLock {
+            guard coreStateMismatch(bytes) == nil else { return }
+            var r = WireReader(bytes, from: 0)
+            let n = Int((try? r.u32()) ?? 0)
+            let cfg = (try? r.bytes(n)).map(Array.init) ?? []
+            for (i, b) in cfg.enumerated() { config.store8(b, i) }
+            let t = Int((try? r.u32()) ?? 0)
+            if let table = msixTable, t > 0, let entries = try? r.bytes(t) {
+                try? table.tableHandler.write(offset: 0, data: ArraySlice(entries))
+            }
+            let v = Int((try? r.u32()) ?? 0)
+            if let touched = try? r.bytes(v) {
+                for (i, b) in touched.enumerated() where i < msixTouched.count { msixTouched[i] = b != 0 }
+            }
+            interrupts.reevaluate()
+        }
+    }
 }

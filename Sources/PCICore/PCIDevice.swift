@@ -54,7 +54,8 @@ public final class PCIDevice: @unchecked Sendable {
     private var resetHooks: [@Sendable (ResetReason) -> Void] = []
     private var sessions: Set<SessionID> = []
     private var nextSession: SessionID = 1
-    private var msixTouched: [Bool] = []
+    // Internal (not private) so the migration stream can save and restore it (MigrationController.swift).
+    var msixTouched: [Bool] = []
 
     public static let commandIO: UInt16 = 0x0001
     public static let commandMemory: UInt16 = 0x0002
@@ -207,7 +208,9 @@ public final class PCIDevice: @unchecked Sendable {
     public func regionInfo(index: UInt32) throws(VFIOErrno) -> (info: RegionInfo, fd: Int32?) {
         try lock.withLock { () throws(VFIOErrno) in
             guard Int(index) < regions.count else { throw .EINVAL }
-            guard let r = regions[Int(index)], r.size > 0 else {
+            // A zero-sized device-specific region still reports its capabilities (the
+            // kernel registers NVLink2's ATSD region with size 0 for its SSATGT/LNKSPD).
+            guard let r = regions[Int(index)], r.size > 0 || (r.type != nil && !r.extraCapabilities.isEmpty) else {
                 return (RegionInfo(argsz: 32, flags: [], index: index, capOffset: 0, size: 0, offset: 0, capabilities: []), nil)
             }
             return (RegionInfo(argsz: 32, flags: r.infoFlags, index: index, capOffset: 0, size: r.size, offset: 0,
@@ -258,14 +261,15 @@ public final class PCIDevice: @unchecked Sendable {
         try lock.withLock { () throws(VFIOErrno) in try dma.map(req, fd: fd, owner: session, transport: transport) }
     }
 
-    public func dmaUnmap(_ req: DMAUnmapRequest) throws(VFIOErrno) {
+    /// DMA_UNMAP on behalf of `session`: it removes only that client's mappings.
+    public func dmaUnmap(_ req: DMAUnmapRequest, session: SessionID? = nil) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             if req.flags.contains(.all) {
                 guard req.address == 0, req.size == 0, !req.flags.contains(.getDirtyBitmap) else { throw .EINVAL }
-                dma.unmapAll()
+                dma.unmapAll(owner: session)
             } else {
                 guard req.flags.isEmpty else { throw .EINVAL }
-                try dma.unmap(address: req.address, size: req.size)
+                try dma.unmap(address: req.address, size: req.size, owner: session)
             }
         }
     }
@@ -454,7 +458,13 @@ public final class PCIDevice: @unchecked Sendable {
                 }
             }))
         if let o = msiCapOffset {
-            config.intercept(dword: o, .init(write: { [unowned self] _, _, _ in self.interrupts.reevaluate() }))
+            config.intercept(dword: o, .init(write: { [unowned self] _, _, _ in
+                // Multiple Message Enable never exceeds Multiple Message Capable (vfio clamps it too).
+                let ctl = self.config.load16(o + 2)
+                let mmc = (ctl >> 1) & 7
+                if (ctl >> 4) & 7 > mmc { self.config.store16((ctl & ~0x0070) | mmc << 4, o + 2) }
+                self.interrupts.reevaluate()
+            }))
             if let mo = msiMaskOffset {
                 config.intercept(dword: mo, .init(write: { [unowned self] _, _, _ in self.interrupts.reevaluate() }))
             }

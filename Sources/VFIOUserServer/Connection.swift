@@ -28,10 +28,15 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     var agreedExtensions: Set<String> = []
 
     private let readerThread = Mutex(0)
-    private let pending = Mutex<(next: UInt16, waiters: [UInt16: Completion<ReceivedMessage?>])>((1, [:]))
+    private let pending = Mutex<(next: UInt16, waiters: [UInt16: Completion<ReceivedMessage?>], closed: Bool)>((1, [:], false))
     // Reader thread only.
     private var deferred: [ReceivedMessage] = []
-    private var streamBroken = false
+    // Set from any thread that fails to send on this connection.
+    private let broken = Atomic<Bool>(false)
+    private var streamBroken: Bool {
+        get { broken.load(ordering: .relaxed) }
+        set { broken.store(newValue, ordering: .relaxed) }
+    }
 
     init(socket: MessageSocket, device: PCIDevice, options: ServerOptions, logger: Logger, number: Int) {
         self.socket = socket
@@ -141,14 +146,21 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     /// Sends a request to the client and returns its reply.
     func request(_ command: Command, payload: [UInt8]) throws(VFIOErrno) -> ReceivedMessage {
         let completion = Completion<ReceivedMessage?>()
-        let id: UInt16 = pending.withLock { p in
+        let id: UInt16? = pending.withLock { p in
+            guard !p.closed else { return nil }
             let id = p.next
             p.next &+= 1
             p.waiters[id] = completion
             return id
         }
+        // The client is gone (or going): fail now rather than wait for a reply nobody will send.
+        guard let id, !streamBroken else { throw .ENOTCONN }
         let header = MessageHeader(messageID: id, command: command, messageSize: 0)
         send(header, payload)
+        if streamBroken {
+            pending.withLock { _ = $0.waiters.removeValue(forKey: id) }
+            throw .ENOTCONN
+        }
         let onReader = readerThread.withLock { $0 } == currentThreadID()
         let reply: ReceivedMessage?
         if onReader {
@@ -178,6 +190,10 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
                     return nil
                 }
                 if m.header.isReply { route(m) } else { deferred.append(m) }
+            } catch .tooManyFDs(let h, let n, let limit) {
+                // As in the main loop: the body was consumed, so refuse it and go on.
+                logger.warning("\(h.command) #\(h.messageID) carried \(n) fds (limit \(limit)); rejected")
+                if !h.noReply && !h.isReply { sendError(to: h, .EINVAL) }
             } catch {
                 streamBroken = true
                 return nil
@@ -211,10 +227,13 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         let waiters = pending.withLock { p in
             let w = p.waiters
             p.waiters.removeAll()
+            p.closed = true
             return w
         }
-        for w in waiters.values { w.fulfil(nil) }
+        // Drop this client's mappings and eventfds before waking anyone who waited on
+        // it, so the device never again reaches memory through a dead connection.
         device.closeSession(session)
+        for w in waiters.values { w.fulfil(nil) }
         socket.fd.close()
         logger.info("client disconnected")
     }

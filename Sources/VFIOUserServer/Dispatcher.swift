@@ -91,16 +91,21 @@ enum Dispatcher {
             VersionCapabilities(),
         ]
         let limit = msg.header.payloadSize
-        var reply = VersionPayload(major: 0, minor: 0, capabilities: candidates.last!).encoded
-        for caps in candidates {
-            let p = VersionPayload(major: 0, minor: 0, capabilities: caps).encoded
-            if p.count <= limit { reply = p; break }
+        // Below those, `{}`, and for a request without JSON (it is optional) none at all:
+        // the bare 4-byte payload always fits, since the request had one.
+        var reply = VersionPayload(major: 0, minor: 0, capabilities: nil, rawJSON: []).encoded
+        let encodings = candidates.map { VersionPayload(major: 0, minor: 0, capabilities: $0).encoded }
+            + [VersionPayload(major: 0, minor: 0, capabilities: nil).encoded]
+        for p in encodings where p.count <= limit {
+            reply = p
+            break
         }
         // What we did not manage to say in the reply is not agreed.
         if let agreed = (try? VersionPayload(payload: reply))?.capabilities {
             if !(agreed.writeMultiple ?? false) { c.clientCapabilities.writeMultiple = false }
             c.agreedExtensions = c.agreedExtensions.filter { agreed.hasExtension($0) }
         } else {
+            c.clientCapabilities.writeMultiple = false
             c.agreedExtensions = []
         }
         return .reply(reply)
@@ -118,7 +123,7 @@ enum Dispatcher {
     static func dmaUnmap(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
         let req: DMAUnmapRequest = try decode(msg)
         guard req.argsz >= 24 else { return .error(.EINVAL) }
-        try c.device.dmaUnmap(req)
+        try c.device.dmaUnmap(req, session: c.session)
         var echo = req
         echo.bitmap = nil
         echo.argsz = 24

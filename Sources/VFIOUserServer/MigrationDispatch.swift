@@ -3,8 +3,16 @@ import VFIOUserProtocol
 import VFIOUserTransport
 
 /// DEVICE_FEATURE (migration and DMA logging) and the migration data stream
-/// (reference §3.12, §5).
+/// (reference §3.12, §5; docs/migration.md).
 enum MigrationDispatch {
+    /// Our extension: VFIO_MIG_GET_PRECOPY_INFO as a DEVICE_FEATURE GET (Linux has it
+    /// as an ioctl on the data fd, vfio-user has no equivalent). Data: argsz u32,
+    /// flags u32, initial_bytes u64, dirty_bytes u64. Valid in PRE_COPY and
+    /// PRE_COPY_P2P only. The client library has the same constant.
+    static let precopyInfoFeature: UInt16 = 0x8015
+    /// Logging page sizes we choose from (START's page_size is a hint, LINUX).
+    static let loggingPageSizes: ClosedRange<UInt64> = 4096...(1 << 30)
+
     static func feature(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
         let req: DeviceFeature = try Dispatcher.decode(msg)
         try req.validate()
@@ -28,7 +36,15 @@ enum MigrationDispatch {
             if set {
                 let s: MigDeviceState = try req.decodeData()
                 guard let target = s.state else { return .error(.EINVAL) }
-                try device.lock.withLock { () throws(VFIOErrno) in try mig.set(target) }
+                do {
+                    try device.lock.withLock { () throws(VFIOErrno) in try mig.set(target) }
+                    c.logger.debug("migration state \(target) via \(device.lock.withLock { mig.lastPath })")
+                } catch {
+                    let (now, why) = device.lock.withLock { (mig.state, mig.lastFailure) }
+                    if let why { c.logger.warning("migration: \(why); device now \(now)") }
+                    else { c.logger.debug("migration: \(now)→\(target) refused: \(error)") }
+                    return .error(error)
+                }
             }
             let now = device.lock.withLock { mig.state }
             return .reply(DeviceFeature(argsz: 16, flags: req.flags, data: MigDeviceState(state: now).encoded).encoded)
@@ -37,16 +53,38 @@ enum MigrationDispatch {
             guard let mig, supported(get: true, set: false) else { return .error(.EINVAL) }
             if probe { return probeReply() }
             guard req.argsz >= 16 else { return .error(.EINVAL) }
-            let p = device.lock.withLock { mig.handler.pendingBytes() }
-            return .reply(DeviceFeature(argsz: 16, flags: req.flags,
-                                        data: MigDataSize(stopCopyLength: p.initial + p.dirty).encoded).encoded)
+            let n = device.lock.withLock { mig.handler.stopCopySize() }
+            return .reply(DeviceFeature(argsz: 16, flags: req.flags, data: MigDataSize(stopCopyLength: n).encoded).encoded)
+
+        case precopyInfoFeature:
+            guard let mig, supported(get: true, set: false) else { return .error(.EINVAL) }
+            if probe { return probeReply() }
+            guard req.argsz >= 8 + 24 else { return .error(.EINVAL) }
+            let info: (UInt64, UInt64)? = device.lock.withLock {
+                guard mig.state == .preCopy || mig.state == .preCopyP2P else { return nil }
+                let p = mig.handler.pendingBytes()
+                return (p.initial, p.dirty)
+            }
+            guard let info else { return .error(.EINVAL) }
+            var w = WireWriter(capacity: 24)
+            w.u32(24); w.u32(0); w.u64(info.0); w.u64(info.1)
+            return .reply(DeviceFeature(argsz: 32, flags: req.flags, data: w.bytes).encoded)
 
         case DeviceFeature.dmaLoggingStart:
             guard supported(get: false, set: true) else { return .error(.EINVAL) }
             if probe { return probeReply() }
-            let start: DMALoggingStart = try req.decodeData()
-            try device.lock.withLock { () throws(VFIOErrno) in try device.dma.startLogging(pageSize: start.pageSize, ranges: start.ranges) }
-            return .reply(msg.payload.map { $0 })
+            var start: DMALoggingStart = try req.decodeData()
+            // page_size is a hint: any power of two; we log at 4 KiB .. 1 GiB and say which.
+            guard start.pageSize.nonzeroBitCount == 1 else { return .error(.EINVAL) }
+            let chosen = min(max(start.pageSize, loggingPageSizes.lowerBound), loggingPageSizes.upperBound)
+            let sorted = start.ranges.sorted { $0.iova < $1.iova }
+            for (i, r) in sorted.enumerated() {
+                guard r.length > 0, r.iova <= UInt64.max - r.length else { return .error(.EINVAL) }
+                if i > 0 && sorted[i - 1].iova + sorted[i - 1].length > r.iova { return .error(.EINVAL) }
+            }
+            try device.lock.withLock { () throws(VFIOErrno) in try device.dma.startLogging(pageSize: chosen, ranges: start.ranges) }
+            start.pageSize = chosen
+            return .reply(DeviceFeature(argsz: req.argsz, flags: req.flags, data: start.encoded).encoded)
 
         case DeviceFeature.dmaLoggingStop:
             guard supported(get: false, set: true) else { return .error(.EINVAL) }
@@ -80,24 +118,39 @@ enum MigrationDispatch {
         }
     }
 
+    /// MIG_DATA_READ: the reply payload is built in place (argsz, size, then the
+    /// handler appends the data), so a chunk is copied once, from the device.
     static func dataRead(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
         let req: MigDataRead = try Dispatcher.decode(msg)
         guard let mig = c.device.migration else { return .error(.EINVAL) }
         guard Int(req.size) <= c.options.maxDataXferSize, UInt64(req.argsz) >= 8 + UInt64(req.size) else { return .error(.EINVAL) }
-        let data: [UInt8] = try c.device.lock.withLock { () throws(VFIOErrno) -> [UInt8] in
+        var out = [UInt8]()
+        out.reserveCapacity(8 + Int(req.size))
+        out.append(contentsOf: repeatElement(0, count: 8))
+        try c.device.lock.withLock { () throws(VFIOErrno) in
             guard mig.state == .preCopy || mig.state == .stopCopy || mig.state == .preCopyP2P else { throw .EINVAL }
-            return try mig.handler.readStateData(max: Int(req.size))
+            try mig.handler.readStateData(into: &out, max: Int(req.size))
         }
-        return .reply(MigDataReadReply(data: data).encoded)
+        let n = out.count - 8
+        guard n <= Int(req.size) else { return .error(.EIO) }
+        out.setLE32(UInt32(8 + n), at: 0)
+        out.setLE32(UInt32(n), at: 4)
+        return .reply(out)
     }
 
+    /// MIG_DATA_WRITE: the data goes to the handler as a slice of the received
+    /// message, without a copy. Stream errors are kept by the device and reported
+    /// when RESUMING ends (docs/migration.md).
     static func dataWrite(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
-        let req: MigDataWrite = try Dispatcher.decode(msg)
         guard let mig = c.device.migration else { return .error(.EINVAL) }
-        guard Int(req.size) <= c.options.maxDataXferSize, req.data.count >= Int(req.size) else { return .error(.EINVAL) }
+        let p = MessageHeader.size
+        guard msg.bytes.count >= p + 8 else { return .error(.EINVAL) }
+        let argsz = msg.bytes.le32(at: p), size = Int(msg.bytes.le32(at: p + 4))
+        guard size <= c.options.maxDataXferSize, UInt64(argsz) >= 8 + UInt64(size),
+              msg.bytes.count - p - 8 >= size else { return .error(.EINVAL) }
         try c.device.lock.withLock { () throws(VFIOErrno) in
             guard mig.state == .resuming else { throw .EINVAL }
-            try mig.handler.writeStateData(req.data[0..<Int(req.size)])
+            try mig.handler.writeStateData(msg.bytes[(p + 8)..<(p + 8 + size)])
         }
         return .reply([])
     }

@@ -1,4 +1,4 @@
 extension VariantCatalog {
     /// Migration-capable variants.
-    static var migrationVariants: [any VariantDriver] { [] }
+    static var migrationVariants: [any VariantDriver] { [MigratableVFDriver()] }
 }

@@ -8,11 +8,14 @@ public struct GenericDriver: VariantDriver {
     public var name: String { "generic" }
     public var summary: String { "the core PCI function described by the spec (registers, RAM BARs, doorbell model)" }
     public var idTable: [PCIMatch] { [PCIMatch()] }
+    /// Device-info capabilities (zPCI, AtomicOps) are core vfio-pci behaviour: any spec may ask.
+    public var sectionKeys: Set<String> { DeviceInfoCaps.sectionKeys }
     public func probe(_ spec: DeviceSpec) -> ProbeResult { .accept }
 
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
         let device = try spec.buildCoreDevice()
         try Self.attachDoorbell(spec, to: device)
+        try DeviceInfoCaps.apply(spec, to: device)
         return device
     }
 

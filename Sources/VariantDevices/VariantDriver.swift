@@ -37,9 +37,14 @@ public struct PCIMatch: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         func h(_ v: UInt16?) -> String { v.map { String(format4($0)) } ?? "*" }
         var s = "\(h(vendor)):\(h(device)) sub \(h(subsystemVendor)):\(h(subsystem))"
-        if classMask != 0 { s += " class 0x\(String(classCode, radix: 16))/0x\(String(classMask, radix: 16))" }
+        if classMask != 0 { s += " class 0x\(format6(classCode))/0x\(format6(classMask))" }
         return s
     }
+}
+
+func format6(_ v: UInt32) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: max(0, 6 - s.count)) + s
 }
 
 func format4(_ v: UInt16) -> String {

@@ -47,17 +47,18 @@ public struct VariantRegistry: Sendable {
             }
         }
         let id = spec.configuration.identity
-        var ranked: [(driver: any VariantDriver, entry: PCIMatch)] = []
+        var ranked: [(driver: any VariantDriver, entry: PCIMatch, order: Int)] = []
         var skipped: [(name: String, reason: String)] = []
-        for d in drivers where !(d is GenericDriver) {
+        for (order, d) in drivers.enumerated() where !(d is GenericDriver) {
             if let best = d.idTable.filter({ $0.matches(id) }).max(by: { $0.specificity < $1.specificity }) {
-                ranked.append((d, best))
+                ranked.append((d, best, order))
             } else {
-                skipped.append((d.name, "no id-table entry matches \(format4(id.vendor)):\(format4(id.device)) class 0x\(String(id.classCode, radix: 16))"))
+                skipped.append((d.name, "no id-table entry matches \(format4(id.vendor)):\(format4(id.device)) sub \(format4(id.subsystemVendor)):\(format4(id.subsystem)) class 0x\(format6(id.classCode))"))
             }
         }
-        ranked.sort { $0.entry.specificity > $1.entry.specificity }
-        for (d, entry) in ranked {
+        // Most specific first; equally specific entries in registration order.
+        ranked.sort { ($0.entry.specificity, -$0.order) > ($1.entry.specificity, -$1.order) }
+        for (d, entry, _) in ranked {
             switch d.probe(spec) {
             case .accept:
                 return VariantBinding(driver: d, reason: "id-table entry \(entry) matched and the probe accepted", skipped: skipped)

@@ -35,4 +35,25 @@ import VFIOUserTransport
         #expect(try device.dmaRead(address: 0x10000, count: 1) == [0xAB])
         #expect(throws: VFIOErrno.EFAULT) { _ = try device.dmaRead(address: 0x10000, count: 4097) }
     }
+
+    @Test func oneClientCannotUnmapAnothersMemory() throws {
+        var c = PCIDeviceConfiguration(name: "dma-owner", identity: PCIIdentity(vendor: 0x1b36, device: 0x97))
+        c.bars = [BARDescriptor(index: 0, size: 4096)]
+        let device = try PCIDevice(configuration: c)
+        var template = Array("/tmp/vfu-dmao-XXXXXX".utf8CString)
+        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        let listener = try UnixListener(path: dir + "/s.sock")
+        let server = VFIOUserServer(device: device)
+        server.start(on: listener)
+        defer { server.stop() }
+        let a = try VFIOUserClient(path: dir + "/s.sock")
+        let b = try VFIOUserClient(path: dir + "/s.sock")
+        let mem = try ClientMemory(size: 4096)
+        try a.dmaMap(mem, address: 0x20000)
+        #expect(throws: ClientError.server(.dmaUnmap, .ENOENT)) { try b.dmaUnmap(address: 0x20000, size: 4096) }
+        try b.dmaUnmapAll()
+        #expect(device.dma.mappings.count == 1)
+        try a.dmaUnmapAll()
+        #expect(device.dma.mappings.isEmpty)
+    }
 }

@@ -1,0 +1,707 @@
+import DeviceSpecs
+import Glibc
+import PCICore
+import VFIOUserProtocol
+import VFIOUserTransport
+
+/// Options of the `migration` spec section (docs/migration.md).
+public struct MigratableVFOptions: Sendable, Equatable {
+    /// The register-backed BAR holding the 256-byte register block, and where.
+    public var registersBAR = 0
+    public var registersOffset: UInt64 = 0
+    /// The RAM-backed BAR that is the device's memory (up to 1 GiB).
+    public var ramBAR = 2
+    public var preCopy = true
+    public var p2p = true
+    /// false: the device offers no migration at all (features answer EINVAL).
+    public var enabled = true
+    /// How often the engine looks at the ring while RUNNING.
+    public var workerIntervalMs = 1
+    /// Descriptors processed per look.
+    public var batch = 32
+
+    public init() {}
+
+    static let keys: Set<String> = ["registersBar", "registersOffset", "ramBar", "preCopy", "p2p", "enabled",
+                                    "workerIntervalMs", "batch"]
+
+    /// Parses and checks the section against the spec's BARs.
+    public static func parse(_ spec: DeviceSpec) throws(SpecError) -> MigratableVFOptions {
+        var o = MigratableVFOptions()
+        if let node = spec.sections["migration"] {
+            let m = try node.object(allowed: keys)
+            if let v = m["registersBar"] { o.registersBAR = try v.int(in: 0...5) }
+            if let v = m["registersOffset"] { o.registersOffset = try v.unsigned() }
+            if let v = m["ramBar"] { o.ramBAR = try v.int(in: 0...5) }
+            if let v = m["preCopy"] { o.preCopy = try v.bool() }
+            if let v = m["p2p"] { o.p2p = try v.bool() }
+            if let v = m["enabled"] { o.enabled = try v.bool() }
+            if let v = m["workerIntervalMs"] { o.workerIntervalMs = try v.int(in: 1...1000) }
+            if let v = m["batch"] { o.batch = try v.int(in: 1...4096) }
+        }
+        let field = spec.sections["migration"] == nil ? "bars" : "migration"
+        let bars = spec.configuration.bars
+        guard let rb = bars.first(where: { $0.index == o.registersBAR }), rb.backing == .registers, rb.kind != .io else {
+            throw spec.error("\(field).registersBar", "BAR\(o.registersBAR) must be a register-backed memory BAR")
+        }
+        guard o.registersOffset % 4 == 0, o.registersOffset + MigratableVF.registerBlockSize <= min(rb.size, 1 << 20) else {
+            throw spec.error("\(field).registersOffset", "the 256-byte register block does not fit in BAR\(o.registersBAR)")
+        }
+        guard let ram = bars.first(where: { $0.index == o.ramBAR }), case .ram = ram.backing else {
+            throw spec.error("\(field).ramBar", "BAR\(o.ramBAR) must be a RAM-backed BAR (\"backing\": \"ram\")")
+        }
+        guard ram.size >= 4096, ram.size <= MigratableVF.maxRAM else {
+            throw spec.error("\(field).ramBar", "the RAM BAR must be 4 KiB to 1 GiB, not \(ram.size) bytes")
+        }
+        return o
+    }
+}
+
+/// `migratable-vf`: an mlx5-style VF whose state keeps changing while it runs, and
+/// which migrates (VFIO migration v2 with PRE_COPY and P2P; docs/migration.md).
+public struct MigratableVFDriver: VariantDriver {
+    public init() {}
+    public var name: String { "migratable-vf" }
+    public var summary: String {
+        "mlx5-style migratable VF: a descriptor ring processed by DMA, counters, a RAM BAR; migration v2 with PRE_COPY, P2P and dirty logging"
+    }
+    public var idTable: [PCIMatch] { [PCIMatch(vendor: 0x15B3, device: 0x101E)] }
+    public var sectionKeys: Set<String> { ["migration"] }
+
+    public func probe(_ spec: DeviceSpec) -> ProbeResult {
+        do { _ = try MigratableVFOptions.parse(spec) } catch { return .decline("\(error.field): \(error.reason)") }
+        return .accept
+    }
+
+    public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
+        let options = try MigratableVFOptions.parse(spec)
+        let device = try spec.buildCoreDevice()
+        try GenericDriver.attachDoorbell(spec, to: device)
+        _ = try MigratableVF.attach(to: device, options: options, kind: name)
+        return device
+    }
+}
+
+/// The device model: registers, a descriptor-ring engine on its own thread, the
+/// RAM BAR, and the migration handler that streams all of it.
+///
+/// Registers (32-bit, from `registersOffset`): 0x00 MAGIC "MVF1", 0x04 VERSION,
+/// 0x08 CONTROL (bit 0 ENABLE, bit 1 IRQ_ENABLE), 0x0C STATUS, 0x10/0x14 RING_BASE,
+/// 0x18 RING_SIZE (entries, power of two ≤ 4096), 0x1C RING_TAIL (producer index,
+/// free-running), 0x20 RING_HEAD (consumer index, RO), 0x24 IRQ_VECTOR,
+/// 0x28 COMPLETIONS, 0x2C ERRORS, 0x30 IRQ_COUNT, 0x34 SCRATCH, 0x38/0x3C BYTES,
+/// 0x40 TICKS, 0x44/0x48 DIGEST (running XXH64 of every result). RO unless named.
+///
+/// Descriptor (32 bytes at RING_BASE + 32 × (index mod RING_SIZE)): op u32, len u32,
+/// src u64, dst u64, cookie u32, status u32 (written by the device: 1 done, else
+/// 0x100 | errno). Ops: 1 HASH (XXH64 of len bytes at src, seeded with cookie →
+/// 16 bytes {cookie, hash} at dst), 2 STORE (len bytes at src → RAM BAR at dst),
+/// 3 LOAD (RAM BAR at src → len bytes at dst).
+public final class MigratableVF: RegionAccessHandler, MigrationHandler, MigrationStreamConsumer, @unchecked Sendable {
+    public static let registerBlockSize: UInt64 = 0x100
+    public static let magic: UInt32 = 0x3146_564D
+    public static let version: UInt32 = 0x0001_0000
+    public static let maxRAM: UInt64 = 1 << 30
+    public static let descriptorSize = 32
+    public static let maxTransfer = 1 << 20
+    public static let streamMajor: UInt16 = 1
+    public static let streamMinor: UInt16 = 0
+
+    public enum Register: Int {
+        case magic = 0x00, version = 0x04, control = 0x08, status = 0x0C, ringLow = 0x10, ringHigh = 0x14
+        case ringSize = 0x18, ringTail = 0x1C, ringHead = 0x20, irqVector = 0x24, completions = 0x28
+        case errors = 0x2C, irqCount = 0x30, scratch = 0x34, bytesLow = 0x38, bytesHigh = 0x3C, ticks = 0x40
+        case digestLow = 0x44, digestHigh = 0x48
+    }
+
+    public enum Op: UInt32 { case hash = 1, store = 2, load = 3 }
+    public static let controlEnable: UInt32 = 1
+    public static let controlIRQ: UInt32 = 2
+
+    unowned let device: PCIDevice
+    public let options: MigratableVFOptions
+    public let kind: String
+    public let ram: SharedMemory
+    public let pageSize = 4096
+    var pageCount: Int { ram.size / pageSize }
+
+    // Everything below is guarded by the device lock.
+    private var regs = [UInt32](repeating: 0, count: Int(registerBlockSize / 4))
+    /// Bumped whenever the device stops running or resets: an engine step that waited
+    /// for the client (message DMA releases the lock) and sees a new epoch abandons
+    /// its descriptor without changing any state.
+    private var epoch: UInt64 = 0
+    private var save: SaveSession?
+    private var loader: MigrationStreamLoader?
+    private var stagedCore: [UInt8]?
+    private var stagedDevice: [UInt8]?
+    private var failure: String?
+    private let stopFlag = StopFlag()
+
+    /// Builds the model on `device` and attaches its migration controller.
+    public static func attach(to device: PCIDevice, options: MigratableVFOptions, kind: String = "migratable-vf") throws(SpecError) -> MigratableVF {
+        guard let ram = device.barMemory[options.ramBAR] else {
+            throw SpecError(file: device.configuration.name, field: "migration.ramBar", reason: "BAR\(options.ramBAR) has no RAM")
+        }
+        let model = MigratableVF(device: device, options: options, kind: kind, ram: ram)
+        let r = options.registersOffset
+        do { try device.mapRegisters(bar: options.registersBAR, range: r..<(r + registerBlockSize), handler: model) } catch {
+            throw SpecError(file: device.configuration.name, field: "migration.registersOffset",
+                            reason: "the register block overlaps another register range in BAR\(options.registersBAR) (\(error))")
+        }
+        if options.enabled {
+            device.migration = MigrationController(handler: model, preCopy: options.preCopy, p2p: options.p2p)
+        }
+        device.onReset { [weak model] _ in model?.resetRegisters() }
+        model.startEngine()
+        return model
+    }
+
+    init(device: PCIDevice, options: MigratableVFOptions, kind: String, ram: SharedMemory) {
+        self.device = device
+        self.options = options
+        self.kind = kind
+        self.ram = ram
+        resetRegisters()
+    }
+
+    /// Stops the engine thread (it also ends by itself once the device is gone).
+    public func stopEngine() { stopFlag.set() }
+
+    private func resetRegisters() {
+        device.lock.withLock {
+            regs = [UInt32](repeating: 0, count: Int(Self.registerBlockSize / 4))
+            regs[0] = Self.magic
+            regs[1] = Self.version
+            epoch &+= 1
+        }
+    }
+
+    func reg(_ r: Register) -> UInt32 { regs[r.rawValue / 4] }
+    func set(_ r: Register, _ v: UInt32) { regs[r.rawValue / 4] = v }
+
+    /// A copy of the registers (tests compare source and destination).
+    public var registers: [UInt32] { device.lock.withLock { regs } }
+    public func register(_ r: Register) -> UInt32 { device.lock.withLock { reg(r) } }
+
+    /// XXH64 of the whole RAM BAR.
+    public func ramDigest() -> UInt64 {
+        device.lock.withLock { XXH64.hash(UnsafeRawBufferPointer(start: ram.mapping.base, count: ram.size)) }
+    }
+
+    // MARK: Registers
+
+    public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Int(Self.registerBlockSize))
+        for (i, v) in regs.enumerated() { bytes.setLE32(v, at: i * 4) }
+        return Array(bytes[Int(offset)..<(Int(offset) + count)])
+    }
+
+    public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
+        // The state is being read out or replaced: a write now would be lost or
+        // clobbered, so it is refused (config space and MSI-X stay accessible).
+        if let s = device.migration?.state, s == .stopCopy || s == .resuming { throw .EBUSY }
+        var pos = Int(offset)
+        var it = data.makeIterator()
+        let end = Int(offset) + data.count
+        while pos < end {
+            let d = pos & ~3
+            var b = [UInt8](repeating: 0, count: 4)
+            b.setLE32(regs[d / 4], at: 0)
+            while pos < d + 4 && pos < end, let x = it.next() { b[pos - d] = x; pos += 1 }
+            guard let r = Register(rawValue: d) else { continue }
+            switch r {
+            case .control, .ringLow, .ringHigh, .ringSize, .ringTail, .irqVector, .scratch: set(r, b.le32(at: 0))
+            default: break
+            }
+        }
+    }
+
+    // MARK: Engine
+
+    private func startEngine() {
+        let interval = UInt32(options.workerIntervalMs * 1000)
+        let flag = stopFlag
+        spawnThread(name: "mvf-engine") { [weak self, weak device] in
+            while !flag.isSet {
+                let active: Bool? = {
+                    guard let device, let model = self else { return nil }
+                    return device.lock.withLock { model.tick() }
+                }()
+                guard let active else { return }
+                usleep(active ? interval : 10_000)
+            }
+        }
+    }
+
+    private var running: Bool { device.migration?.deviceMayRun ?? true }
+
+    /// One look at the ring, under the device lock; true while the engine is enabled and running.
+    @discardableResult
+    public func tick() -> Bool {
+        guard running, reg(.control) & Self.controlEnable != 0, device.busMasterEnabled else { return false }
+        set(.ticks, reg(.ticks) &+ 1)
+        let size = reg(.ringSize)
+        guard size > 0, size <= 4096, size.nonzeroBitCount == 1 else { return true }
+        let e0 = epoch
+        var done = 0
+        while done < options.batch && reg(.ringHead) != reg(.ringTail) && reg(.ringTail) &- reg(.ringHead) <= size {
+            guard processOne(size: size, epoch: e0) else { break }
+            done += 1
+        }
+        if done > 0 && reg(.control) & Self.controlIRQ != 0 && running {
+            if device.raiseInterrupt(vector: Int(reg(.irqVector))) != nil { set(.irqCount, reg(.irqCount) &+ 1) }
+        }
+        return true
+    }
+
+    /// Processes the descriptor at RING_HEAD. false: the device stopped meanwhile and
+    /// the descriptor was abandoned untouched (it runs again after a resume).
+    private func processOne(size: UInt32, epoch e0: UInt64) -> Bool {
+        func live() -> Bool { epoch == e0 && running }
+        let head = reg(.ringHead)
+        let base = (UInt64(reg(.ringHigh)) << 32 | UInt64(reg(.ringLow))) &+ UInt64(head % size) * UInt64(Self.descriptorSize)
+        var status: UInt32 = 1
+        var result: UInt64 = 0
+        var length = 0
+        do {
+            let d = try device.dmaRead(address: base, count: Self.descriptorSize)
+            guard live() else { return false }
+            let op = d.le32(at: 0), len = Int(d.le32(at: 4)), src = d.le64(at: 8), dst = d.le64(at: 16)
+            let cookie = d.le32(at: 24)
+            length = len
+            guard len <= Self.maxTransfer else { throw VFIOErrno.E2BIG }
+            switch Op(rawValue: op) {
+            case .hash:
+                let data = try device.dmaRead(address: src, count: len)
+                guard live() else { return false }
+                result = XXH64.hash(data, seed: UInt64(cookie))
+                var out = [UInt8](repeating: 0, count: 16)
+                out.setLE64(UInt64(cookie), at: 0)
+                out.setLE64(result, at: 8)
+                try device.dmaWrite(address: dst, out)
+            case .store:
+                let data = try device.dmaRead(address: src, count: len)
+                guard live() else { return false }
+                guard dst <= UInt64(ram.size), UInt64(len) <= UInt64(ram.size) - dst else { throw VFIOErrno.EFAULT }
+                try ram.write(offset: dst, data: data[...])
+                result = XXH64.hash(data)
+            case .load:
+                guard src <= UInt64(ram.size), UInt64(len) <= UInt64(ram.size) - src else { throw VFIOErrno.EFAULT }
+                let data = try ram.read(offset: src, count: len)
+                try device.dmaWrite(address: dst, data)
+                result = XXH64.hash(data)
+            case nil:
+                throw VFIOErrno.EINVAL
+            }
+        } catch {
+            guard live() else { return false }
+            status = 0x100 | ((error as? VFIOErrno)?.rawValue ?? VFIOErrno.EIO.rawValue)
+        }
+        guard live() else { return false }
+        var st = [UInt8](repeating: 0, count: 4)
+        st.setLE32(status, at: 0)
+        if (try? device.dmaWrite(address: base &+ 28, st)) == nil {
+            guard live() else { return false }
+            status = status == 1 ? 0x100 | VFIOErrno.EFAULT.rawValue : status
+        }
+        guard live() else { return false }
+        set(.ringHead, head &+ 1)
+        if status == 1 {
+            set(.completions, reg(.completions) &+ 1)
+            let bytes = (UInt64(reg(.bytesHigh)) << 32 | UInt64(reg(.bytesLow))) &+ UInt64(length)
+            set(.bytesLow, UInt32(truncatingIfNeeded: bytes)); set(.bytesHigh, UInt32(truncatingIfNeeded: bytes >> 32))
+            var mix = [UInt8](repeating: 0, count: 16)
+            mix.setLE32(reg(.digestLow), at: 0); mix.setLE32(reg(.digestHigh), at: 4); mix.setLE64(result, at: 8)
+            let dg = XXH64.hash(mix)
+            set(.digestLow, UInt32(truncatingIfNeeded: dg)); set(.digestHigh, UInt32(truncatingIfNeeded: dg >> 32))
+        } else {
+            set(.errors, reg(.errors) &+ 1)
+        }
+        return true
+    }
+
+    // MARK: MigrationHandler
+
+    public var failureReason: String? { failure }
+
+    public func transition(from: MigrationState, to: MigrationState) throws(VFIOErrno) {
+        failure = nil
+        let wasRunning = from == .running || from == .preCopy
+        let nowRunning = to == .running || to == .preCopy
+        if wasRunning && !nowRunning { epoch &+= 1 }
+        switch (from, to) {
+        case (.running, .preCopy), (.runningP2P, .preCopyP2P):
+            save = SaveSession(model: self, preCopy: true)
+        case (.preCopy, .running), (.preCopyP2P, .runningP2P), (.stopCopy, .stop):
+            save = nil
+        case (.preCopy, .preCopyP2P), (.preCopyP2P, .preCopy):
+            break
+        case (.preCopy, .stopCopy), (.preCopyP2P, .stopCopy):
+            guard let s = save else { failure = "no save session to finish"; throw .EIO }
+            s.finalize(core: device.saveCoreState(), state: deviceState())
+        case (.stop, .stopCopy):
+            let s = SaveSession(model: self, preCopy: false)
+            s.finalize(core: device.saveCoreState(), state: deviceState())
+            save = s
+        case (.stop, .resuming):
+            save = nil
+            stagedCore = nil
+            stagedDevice = nil
+            loader = MigrationStreamLoader(consumer: self)
+        case (.resuming, .stop):
+            try finishLoad()
+        case (.running, .runningP2P), (.runningP2P, .running), (.runningP2P, .stop), (.stop, .runningP2P),
+             (.running, .stop), (.stop, .running):
+            break
+        default:
+            failure = "unsupported arc \(from)→\(to)"
+            throw .EINVAL
+        }
+    }
+
+    public func didEnter(_ state: MigrationState) {
+        // Interrupts that became pending while stopped (a client unmask, say) go out now.
+        if state == .running || state == .preCopy { device.interrupts.reevaluate() }
+    }
+
+    public func deviceReset() {
+        save = nil
+        loader = nil
+        stagedCore = nil
+        stagedDevice = nil
+        failure = nil
+    }
+
+    public func readStateData(into out: inout [UInt8], max: Int) throws(VFIOErrno) {
+        guard let save else { throw .EINVAL }
+        save.read(into: &out, max: max)
+    }
+
+    public func writeStateData(_ data: ArraySlice<UInt8>) throws(VFIOErrno) {
+        guard let loader else { throw .EINVAL }
+        loader.write(data)
+    }
+
+    public func pendingBytes() -> (initial: UInt64, dirty: UInt64) {
+        guard let save else { return (0, 0) }
+        return save.pending(rescan: true)
+    }
+
+    public func stopCopySize() -> UInt64 {
+        let stateBytes = UInt64(device.saveCoreState().count + 4 * regs.count + 512)
+        guard let save else { return UInt64(ram.size) + UInt64(pageCount / 256 + 1) * 40 + stateBytes }
+        let p = save.pending(rescan: false)
+        return p.initial + p.dirty + stateBytes
+    }
+
+    // MARK: State blobs
+
+    /// BEGIN payload: format version, device kind and identity, RAM size, layout.
+    func beginPayload() -> [UInt8] {
+        var w = WireWriter(capacity: 64)
+        w.u16(Self.streamMajor); w.u16(Self.streamMinor)
+        let k = Array(kind.utf8)
+        w.u16(UInt16(k.count)); w.append(k)
+        let id = device.configuration.identity
+        w.u16(id.vendor); w.u16(id.device); w.u16(id.subsystemVendor); w.u16(id.subsystem)
+        w.u64(UInt64(ram.size))
+        w.u32(UInt32(pageSize))
+        w.u32(UInt32(regs.count))
+        return w.bytes
+    }
+
+    func deviceState() -> [UInt8] {
+        var w = WireWriter(capacity: 4 + 4 * regs.count)
+        w.u32(UInt32(regs.count))
+        for r in regs { w.u32(r) }
+        return w.bytes
+    }
+
+    public func begin(_ payload: [UInt8]) -> MigrationStreamError? {
+        var r = WireReader(payload)
+        guard let major = try? r.u16(), let minor = try? r.u16() else { return MigrationStreamError(.EBADMSG, "BEGIN record too short") }
+        guard major == Self.streamMajor else {
+            return MigrationStreamError(.EPROTO, "stream format \(major).\(minor) is not supported (this device reads \(Self.streamMajor).x)")
+        }
+        guard let n = try? r.u16(), let k = try? r.bytes(Int(n)), let v = try? r.u16(), let d = try? r.u16(),
+              let sv = try? r.u16(), let ss = try? r.u16(), let size = try? r.u64(), let ps = try? r.u32(),
+              let nr = try? r.u32() else { return MigrationStreamError(.EBADMSG, "BEGIN record too short") }
+        let theirs = String(decoding: k, as: UTF8.self)
+        let id = device.configuration.identity
+        func hex(_ x: UInt16) -> String { String(x, radix: 16) }
+        guard theirs == kind, v == id.vendor, d == id.device, sv == id.subsystemVendor, ss == id.subsystem else {
+            return MigrationStreamError(.ENODEV, "stream is from a \(theirs) \(hex(v)):\(hex(d)) (sub \(hex(sv)):\(hex(ss))); this device is a \(kind) \(hex(id.vendor)):\(hex(id.device)) (sub \(hex(id.subsystemVendor)):\(hex(id.subsystem)))")
+        }
+        guard size == UInt64(ram.size), ps == UInt32(pageSize), nr == UInt32(regs.count) else {
+            return MigrationStreamError(.ENODEV, "stream is from a device with \(size) bytes of RAM; this one has \(ram.size)")
+        }
+        return nil
+    }
+
+    public func ramRangeValid(offset: UInt64, length: UInt64) -> Bool {
+        offset <= UInt64(ram.size) && length <= UInt64(ram.size) - offset
+    }
+
+    public func ram(offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> MigrationStreamError? {
+        guard ram.mapping.write(at: offset, from: bytes) else {
+            return MigrationStreamError(.EBADMSG, "RAM data outside the device's RAM")
+        }
+        return nil
+    }
+
+    public func record(_ tag: MigrationRecord.Tag, _ payload: [UInt8]) -> MigrationStreamError? {
+        switch tag {
+        case .core:
+            if let why = device.coreStateMismatch(payload) { return MigrationStreamError(.ENODEV, "stream is from another device: \(why)") }
+            stagedCore = payload
+        case .device:
+            guard payload.count == 4 + 4 * regs.count, payload.le32(at: 0) == UInt32(regs.count) else {
+                return MigrationStreamError(.EBADMSG, "device state record has the wrong size")
+            }
+            stagedDevice = payload
+        default:
+            break
+        }
+        return nil
+    }
+
+    /// RESUMING → STOP: the stream must be complete and valid; only then are the
+    /// registers and config space replaced. A refused stream leaves registers and
+    /// config as they were and the RAM BAR zeroed (it was partly overwritten), and
+    /// the controller moves to ERROR.
+    private func finishLoad() throws(VFIOErrno) {
+        defer { loader = nil }
+        guard let loader else { failure = "no load session"; throw .EINVAL }
+        if let e = loader.finish() {
+            failure = e.reason
+            abandonLoad()
+            throw e.errno
+        }
+        guard let core = stagedCore, let state = stagedDevice else {
+            failure = "stream has no device state"
+            abandonLoad()
+            throw .EBADMSG
+        }
+        device.loadCoreState(core)
+        for i in regs.indices { regs[i] = state.le32(at: 4 + 4 * i) }
+        stagedCore = nil
+        stagedDevice = nil
+    }
+
+    private func abandonLoad() {
+        ram.clear()
+        stagedCore = nil
+        stagedDevice = nil
+    }
+
+    /// Loader state, for tests: the reason the current or last load failed.
+    public var loadError: MigrationStreamError? { device.lock.withLock { loader?.error } }
+}
+
+/// One save session: the outgoing stream, produced lazily as the client reads.
+///
+/// RAM tracking (docs/migration.md, "Dirty RAM"): the client writes the RAM BAR
+/// through its own mmap, which we cannot observe, so PRE_COPY remembers an XXH64
+/// (seeded per session) of every page as it was sent, and each new round — started
+/// by a PRECOPY_INFO query once the queue is empty — rehashes the RAM and queues the
+/// pages whose hash changed. STOP_COPY after PRE_COPY does a last rehash with the
+/// device stopped, then sends those pages, the core and device state, and END.
+final class SaveSession {
+    unowned let model: MigratableVF
+    let preCopy: Bool
+    let pageSize: Int
+    let pages: Int
+    let seed: UInt64
+    private var seq: UInt32 = 0
+    private var chain = XXH64()
+    private(set) var emitted: UInt64 = 0
+    private var out: [UInt8] = []          // a built record not yet fully read
+    private var outPos = 0
+    private var queued: [Bool]
+    private var queuedCount: Int
+    private var cursor = 0
+    private var sentHash: [UInt64]
+    private var sent: [Bool]
+    private var initialPass = true
+    private var final = false
+    private var finalState: (core: [UInt8], device: [UInt8])?
+    private var finalWritten = false
+    private var endWritten = false
+    // The RAM record being emitted.
+    private var ramCursor = 0               // byte offset into RAM of the next data byte
+    private var ramLeft = 0                 // data bytes left in the record
+    private var recordHash = XXH64()
+    private var pageHash = XXH64()
+    static let runPages = 256
+
+    init(model: MigratableVF, preCopy: Bool) {
+        self.model = model
+        self.preCopy = preCopy
+        pageSize = model.pageSize
+        pages = model.pageCount
+        seed = UInt64.random(in: 1...UInt64.max)
+        queued = [Bool](repeating: true, count: pages)
+        queuedCount = pages
+        sentHash = preCopy ? [UInt64](repeating: 0, count: pages) : []
+        sent = preCopy ? [Bool](repeating: false, count: pages) : []
+        emitRecord(.begin, model.beginPayload())
+        var sz = [UInt8](repeating: 0, count: 8)
+        sz.setLE64(UInt64(model.ram.size), at: 0)
+        emitRecord(.stopCopySize, sz, flags: MigrationRecord.optionalFlag)
+    }
+
+    private func emitRecord(_ tag: MigrationRecord.Tag, _ payload: [UInt8], flags: UInt16 = 0) {
+        let (bytes, sum) = MigrationRecord.encode(tag: tag, flags: flags, payload: payload, seq: seq)
+        seq += 1
+        if tag != .end {
+            var t = [UInt8](repeating: 0, count: 8)
+            t.setLE64(sum, at: 0)
+            chain.update(t)
+        }
+        if outPos == out.count { out = bytes; outPos = 0 } else { out.append(contentsOf: bytes) }
+    }
+
+    /// The STOP_COPY snapshot: a last rehash, then core and device state.
+    func finalize(core: [UInt8], state: [UInt8]) {
+        if preCopy { rescan() }
+        final = true
+        finalState = (core, state)
+    }
+
+    /// Queues every page whose content changed since it was sent.
+    private func rescan() {
+        let base = model.ram.mapping.base
+        for p in 0..<pages where sent[p] && !queued[p] {
+            let h = XXH64.hash(UnsafeRawBufferPointer(start: base + p * pageSize, count: pageSize), seed: seed)
+            if h != sentHash[p] {
+                queued[p] = true
+                queuedCount += 1
+            }
+        }
+        cursor = 0
+    }
+
+    private var inFlight: UInt64 { UInt64(out.count - outPos) + UInt64(ramLeft) }
+
+    func pending(rescan allowed: Bool) -> (initial: UInt64, dirty: UInt64) {
+        let queuedBytes = UInt64(queuedCount * pageSize) + inFlight
+        if initialPass && queuedBytes > 0 { return (queuedBytes, 0) }
+        initialPass = false
+        if queuedBytes == 0 && allowed && !final { rescan() }
+        return (0, UInt64(queuedCount * pageSize) + inFlight)
+    }
+
+    /// The next run of queued pages (up to 1 MiB), dequeued.
+    private func nextRun() -> (first: Int, count: Int)? {
+        guard queuedCount > 0 else { return nil }
+        while cursor < pages && !queued[cursor] { cursor += 1 }
+        guard cursor < pages else { return nil }
+        let first = cursor
+        var n = 0
+        while cursor < pages && queued[cursor] && n < Self.runPages {
+            queued[cursor] = false
+            cursor += 1
+            n += 1
+        }
+        queuedCount -= n
+        return (first, n)
+    }
+
+    func read(into dst: inout [UInt8], max: Int) {
+        var budget = max
+        let base = model.ram.mapping.base
+        while budget > 0 {
+            if outPos < out.count {
+                let n = min(budget, out.count - outPos)
+                dst.append(contentsOf: out[outPos..<(outPos + n)])
+                outPos += n; budget -= n; emitted += UInt64(n)
+                continue
+            }
+            if ramLeft > 0 {
+                // Copy in 64 KiB pieces and hash each while it is still in cache.
+                let n = min(budget, ramLeft, 64 << 10)
+                let start = dst.count
+                dst.append(contentsOf: UnsafeRawBufferPointer(start: base + ramCursor, count: n))
+                dst.withUnsafeBytes { all in
+                    let piece = UnsafeRawBufferPointer(rebasing: all[start..<(start + n)])
+                    recordHash.update(piece)
+                    if preCopy && !final { trackPages(piece) }
+                }
+                ramCursor += n; ramLeft -= n; budget -= n; emitted += UInt64(n)
+                if ramLeft == 0 {
+                    let sum = recordHash.digest()
+                    var t = [UInt8](repeating: 0, count: 8)
+                    t.setLE64(sum, at: 0)
+                    chain.update(t)
+                    out = t
+                    outPos = 0
+                }
+                continue
+            }
+            if let run = nextRun() {
+                let length = run.count * pageSize
+                var h = MigrationRecord.header(tag: MigrationRecord.Tag.ram.rawValue, length: UInt64(8 + length), seq: seq)
+                seq += 1
+                var off = [UInt8](repeating: 0, count: 8)
+                off.setLE64(UInt64(run.first * pageSize), at: 0)
+                h.append(contentsOf: off)
+                recordHash = XXH64()
+                recordHash.update(h)
+                out = h
+                outPos = 0
+                ramCursor = run.first * pageSize
+                ramLeft = length
+                pageHash = XXH64(seed: seed)
+                continue
+            }
+            if initialPass { initialPass = false }
+            guard final else { break }
+            if !finalWritten, let s = finalState {
+                finalWritten = true
+                emitRecord(.core, s.core)
+                emitRecord(.device, s.device)
+                continue
+            }
+            if !endWritten {
+                endWritten = true
+                var p = [UInt8](repeating: 0, count: 24)
+                p.setLE32(seq, at: 0)
+                p.setLE64(emitted, at: 8)
+                p.setLE64(chain.digest(), at: 16)
+                emitRecord(.end, p)
+                continue
+            }
+            break
+        }
+    }
+
+    /// Records the hash of each page as sent (pages may straddle reads).
+    private func trackPages(_ piece: UnsafeRawBufferPointer) {
+        var at = 0
+        // ramCursor has not advanced yet: the piece starts at ramCursor.
+        var pos = ramCursor
+        while at < piece.count {
+            let inPage = pos % pageSize
+            let n = min(pageSize - inPage, piece.count - at)
+            pageHash.update(UnsafeRawBufferPointer(rebasing: piece[at..<(at + n)]))
+            at += n; pos += n
+            if pos % pageSize == 0 {
+                let p = pos / pageSize - 1
+                sentHash[p] = pageHash.digest()
+                sent[p] = true
+                pageHash = XXH64(seed: seed)
+            }
+        }
+    }
+}
+
+/// A flag another thread can raise once.
+final class StopFlag: @unchecked Sendable {
+    private var m = pthread_mutex_t()
+    private var value = false
+    init() { pthread_mutex_init(&m, nil) }
+    deinit { pthread_mutex_destroy(&m) }
+    func set() { pthread_mutex_lock(&m); value = true; pthread_mutex_unlock(&m) }
+    var isSet: Bool { pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }; return value }
+}

@@ -1,0 +1,350 @@
+import PCICore
+import VFIOUserProtocol
+
+// The migration stream of our migratable devices (docs/migration.md): framed,
+// versioned, checksummed records. This file has the checksum (XXH64), the record
+// framing and the incremental loader; MigratableVF.swift decides what goes in.
+
+/// XXH64 (xxHash, 64-bit), streaming. Fast enough to checksum device memory at
+/// memory speed, which a migration stream of up to 1 GiB needs.
+public struct XXH64: Sendable {
+    static let p1: UInt64 = 0x9E37_79B1_85EB_CA87
+    static let p2: UInt64 = 0xC2B2_AE3D_27D4_EB4F
+    static let p3: UInt64 = 0x1656_67B1_9E37_79F9
+    static let p4: UInt64 = 0x85EB_CA77_C2B2_AE63
+    static let p5: UInt64 = 0x27D4_EB2F_1656_67C5
+
+    private var v1, v2, v3, v4: UInt64
+    private let seed: UInt64
+    private var total: UInt64 = 0
+    private var buffer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    private var buffered = 0
+
+    public init(seed: UInt64 = 0) {
+        self.seed = seed
+        v1 = seed &+ Self.p1 &+ Self.p2
+        v2 = seed &+ Self.p2
+        v3 = seed
+        v4 = seed &- Self.p1
+    }
+
+    @inline(__always) static func rotl(_ x: UInt64, _ r: UInt64) -> UInt64 { (x << r) | (x >> (64 - r)) }
+    @inline(__always) static func round(_ acc: UInt64, _ input: UInt64) -> UInt64 {
+        rotl(acc &+ input &* p2, 31) &* p1
+    }
+    @inline(__always) static func merge(_ acc: UInt64, _ v: UInt64) -> UInt64 {
+        (acc ^ round(0, v)) &* p1 &+ p4
+    }
+
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        guard var p = bytes.baseAddress, bytes.count > 0 else { return }
+        var n = bytes.count
+        total &+= UInt64(n)
+        if buffered > 0 {
+            let take = min(32 - buffered, n)
+            withUnsafeMutableBytes(of: &buffer) { b in (b.baseAddress! + buffered).copyMemory(from: p, byteCount: take) }
+            buffered += take
+            p += take
+            n -= take
+            if buffered < 32 { return }
+            let (a, b, c, d) = buffer
+            v1 = Self.round(v1, UInt64(littleEndian: a)); v2 = Self.round(v2, UInt64(littleEndian: b))
+            v3 = Self.round(v3, UInt64(littleEndian: c)); v4 = Self.round(v4, UInt64(littleEndian: d))
+            buffered = 0
+        }
+        var a = v1, b = v2, c = v3, d = v4
+        while n >= 32 {
+            a = Self.round(a, UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
+            b = Self.round(b, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+            c = Self.round(c, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)))
+            d = Self.round(d, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
+            p += 32
+            n -= 32
+        }
+        v1 = a; v2 = b; v3 = c; v4 = d
+        if n > 0 {
+            withUnsafeMutableBytes(of: &buffer) { bb in bb.baseAddress!.copyMemory(from: p, byteCount: n) }
+            buffered = n
+        }
+    }
+
+    public mutating func update<C: Collection>(_ bytes: C) where C.Element == UInt8 {
+        if let done: Void = bytes.withContiguousStorageIfAvailable({ update(UnsafeRawBufferPointer($0)) }) { return done }
+        let a = Array(bytes)
+        a.withUnsafeBytes { update($0) }
+    }
+
+    public func digest() -> UInt64 {
+        var h: UInt64
+        if total >= 32 {
+            h = Self.rotl(v1, 1) &+ Self.rotl(v2, 7) &+ Self.rotl(v3, 12) &+ Self.rotl(v4, 18)
+            h = Self.merge(h, v1); h = Self.merge(h, v2); h = Self.merge(h, v3); h = Self.merge(h, v4)
+        } else {
+            h = seed &+ Self.p5
+        }
+        h &+= total
+        var buf = buffer
+        withUnsafeBytes(of: &buf) { raw in
+            var p = raw.baseAddress!
+            var n = buffered
+            while n >= 8 {
+                h ^= Self.round(0, UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
+                h = Self.rotl(h, 27) &* Self.p1 &+ Self.p4
+                p += 8; n -= 8
+            }
+            if n >= 4 {
+                h ^= UInt64(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self))) &* Self.p1
+                h = Self.rotl(h, 23) &* Self.p2 &+ Self.p3
+                p += 4; n -= 4
+            }
+            while n > 0 {
+                h ^= UInt64(p.load(as: UInt8.self)) &* Self.p5
+                h = Self.rotl(h, 11) &* Self.p1
+                p += 1; n -= 1
+            }
+        }
+        h ^= h >> 33; h &*= Self.p2; h ^= h >> 29; h &*= Self.p3; h ^= h >> 32
+        return h
+    }
+
+    public static func hash<C: Collection>(_ bytes: C, seed: UInt64 = 0) -> UInt64 where C.Element == UInt8 {
+        var x = XXH64(seed: seed)
+        x.update(bytes)
+        return x.digest()
+    }
+
+    public static func hash(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
+        var x = XXH64(seed: seed)
+        x.update(bytes)
+        return x.digest()
+    }
+}
+
+/// Record framing (docs/migration.md, "Stream format").
+public enum MigrationRecord {
+    /// "VFUR" little-endian.
+    public static let magic: UInt32 = 0x5255_4656
+    public static let headerSize = 24
+    public static let trailerSize = 8
+    public static let optionalFlag: UInt16 = 1
+    /// Largest payload a loader accepts (RAM records are cut far below this).
+    public static let maxPayload: UInt64 = 64 << 20
+
+    public enum Tag: UInt16, Sendable {
+        case begin = 0x01
+        case stopCopySize = 0x02
+        case ram = 0x10
+        case core = 0x11
+        case device = 0x12
+        case end = 0x7F
+    }
+
+    /// The 24-byte header; its last u32 checks the first 20 bytes.
+    public static func header(tag: UInt16, flags: UInt16 = 0, length: UInt64, seq: UInt32) -> [UInt8] {
+        var h = [UInt8](repeating: 0, count: headerSize)
+        h.setLE32(magic, at: 0)
+        h.setLE16(tag, at: 4)
+        h.setLE16(flags, at: 6)
+        h.setLE64(length, at: 8)
+        h.setLE32(seq, at: 16)
+        h.setLE32(UInt32(truncatingIfNeeded: XXH64.hash(h[0..<20])), at: 20)
+        return h
+    }
+
+    /// A whole small record: header, payload, trailer (XXH64 of header and payload).
+    public static func encode(tag: Tag, flags: UInt16 = 0, payload: [UInt8], seq: UInt32) -> (bytes: [UInt8], checksum: UInt64) {
+        var out = header(tag: tag.rawValue, flags: flags, length: UInt64(payload.count), seq: seq)
+        out.append(contentsOf: payload)
+        let sum = XXH64.hash(out)
+        var t = [UInt8](repeating: 0, count: 8)
+        t.setLE64(sum, at: 0)
+        out.append(contentsOf: t)
+        return (out, sum)
+    }
+}
+
+/// Why a stream was refused: an errno for the wire and a reason for people.
+public struct MigrationStreamError: Error, Sendable, CustomStringConvertible {
+    public var errno: VFIOErrno
+    public var reason: String
+    public init(_ errno: VFIOErrno, _ reason: String) {
+        self.errno = errno
+        self.reason = reason
+    }
+    public var description: String { "\(reason) (\(errno))" }
+}
+
+/// What the loader hands to the device.
+public protocol MigrationStreamConsumer: AnyObject {
+    /// The BEGIN record: nil accepts it, else why this device cannot load the stream.
+    func begin(_ payload: [UInt8]) -> MigrationStreamError?
+    /// RAM bytes at `offset`, applied as they arrive (the record is checked at its end).
+    func ram(offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> MigrationStreamError?
+    /// Whether RAM `offset..<offset+length` exists.
+    func ramRangeValid(offset: UInt64, length: UInt64) -> Bool
+    /// Any other record, after its checksum passed.
+    func record(_ tag: MigrationRecord.Tag, _ payload: [UInt8]) -> MigrationStreamError?
+}
+
+/// Parses a stream incrementally, in chunks of any size. The first error sticks:
+/// later bytes are ignored, and `finish()` reports it.
+public final class MigrationStreamLoader {
+    private enum Phase { case header, ramOffset, payload, trailer, done }
+    private unowned let consumer: any MigrationStreamConsumer
+    private var phase = Phase.header
+    private var small: [UInt8] = []          // header, RAM offset, trailer or a small payload being gathered
+    private var tag: UInt16 = 0
+    private var flags: UInt16 = 0
+    private var remaining: UInt64 = 0         // payload bytes still to come
+    private var ramOffset: UInt64 = 0
+    private var hasher = XXH64()
+    private var chain = XXH64()
+    private var seq: UInt32 = 0
+    private var bytesBeforeRecord: UInt64 = 0
+    public private(set) var bytesSeen: UInt64 = 0
+    public private(set) var error: MigrationStreamError?
+    public private(set) var ramBytes: UInt64 = 0
+
+    public init(consumer: any MigrationStreamConsumer) { self.consumer = consumer }
+
+    private func fail(_ e: VFIOErrno, _ why: String) {
+        if error == nil { error = MigrationStreamError(e, why + " (at stream byte \(bytesSeen), record \(seq))") }
+    }
+
+    public func write(_ data: UnsafeRawBufferPointer) {
+        var p = 0
+        while p < data.count && error == nil {
+            let rest = data.count - p
+            switch phase {
+            case .done:
+                fail(.EBADMSG, "\(rest) bytes after the END record")
+            case .header:
+                let take = min(MigrationRecord.headerSize - small.count, rest)
+                small.append(contentsOf: UnsafeRawBufferPointer(rebasing: data[p..<(p + take)]))
+                p += take; bytesSeen += UInt64(take)
+                if small.count == MigrationRecord.headerSize { startRecord() }
+            case .ramOffset:
+                let take = min(8 - small.count, rest)
+                let piece = UnsafeRawBufferPointer(rebasing: data[p..<(p + take)])
+                small.append(contentsOf: piece)
+                hasher.update(piece)
+                p += take; bytesSeen += UInt64(take); remaining -= UInt64(take)
+                if small.count == 8 {
+                    ramOffset = small.le64(at: 0)
+                    small = []
+                    guard consumer.ramRangeValid(offset: ramOffset, length: remaining) else {
+                        fail(.EBADMSG, "RAM record for 0x\(String(ramOffset, radix: 16))+\(remaining) lies outside the device's RAM")
+                        return
+                    }
+                    phase = remaining == 0 ? .trailer : .payload
+                }
+            case .payload:
+                let take = Int(min(UInt64(rest), remaining))
+                if tag == MigrationRecord.Tag.ram.rawValue {
+                    // Hash and apply in 64 KiB pieces, each while it is still in cache.
+                    var q = p
+                    while q < p + take {
+                        let n = min(64 << 10, p + take - q)
+                        let piece = UnsafeRawBufferPointer(rebasing: data[q..<(q + n)])
+                        hasher.update(piece)
+                        if let e = consumer.ram(offset: ramOffset, piece) { error = e; return }
+                        ramOffset += UInt64(n)
+                        q += n
+                    }
+                    ramBytes += UInt64(take)
+                } else {
+                    let piece = UnsafeRawBufferPointer(rebasing: data[p..<(p + take)])
+                    hasher.update(piece)
+                    small.append(contentsOf: piece)
+                }
+                p += take; bytesSeen += UInt64(take); remaining -= UInt64(take)
+                if remaining == 0 { phase = .trailer }
+            case .trailer:
+                let take = min(8 - trailer.count, rest)
+                trailer.append(contentsOf: UnsafeRawBufferPointer(rebasing: data[p..<(p + take)]))
+                p += take; bytesSeen += UInt64(take)
+                if trailer.count == 8 {
+                    let t = trailer.le64(at: 0)
+                    trailer = []
+                    let payload = small
+                    small = []
+                    endRecord(payload: payload, trailer: t)
+                }
+            }
+        }
+    }
+
+    private var trailer: [UInt8] = []
+
+    public func write(_ data: ArraySlice<UInt8>) {
+        data.withUnsafeBytes { write($0) }
+    }
+
+    private func startRecord() {
+        let h = small
+        small = []
+        let known = MigrationRecord.Tag(rawValue: h.le16(at: 4))
+        guard h.le32(at: 0) == MigrationRecord.magic else {
+            if seq == 0 { fail(.EPROTO, "not a vfu migration stream (bad magic)") } else { fail(.EBADMSG, "record header corrupted (bad magic)") }
+            return
+        }
+        guard h.le32(at: 20) == UInt32(truncatingIfNeeded: XXH64.hash(h[0..<20])) else {
+            fail(.EBADMSG, "record header corrupted (header check failed)"); return
+        }
+        guard h.le32(at: 16) == seq else { fail(.EBADMSG, "record \(h.le32(at: 16)) where \(seq) was expected (reordered or lost data)"); return }
+        tag = h.le16(at: 4)
+        flags = h.le16(at: 6)
+        remaining = h.le64(at: 8)
+        guard remaining <= MigrationRecord.maxPayload else { fail(.EBADMSG, "record of \(remaining) bytes exceeds the \(MigrationRecord.maxPayload)-byte limit"); return }
+        if seq == 0 && known != .begin { fail(.EPROTO, "stream does not start with a BEGIN record"); return }
+        if known == nil && flags & MigrationRecord.optionalFlag == 0 {
+            fail(.EOPNOTSUPP, "unknown mandatory record type 0x\(String(tag, radix: 16))"); return
+        }
+        hasher = XXH64()
+        hasher.update(h)
+        if known == .ram {
+            guard remaining >= 8 else { fail(.EBADMSG, "RAM record shorter than its offset"); return }
+            phase = .ramOffset
+        } else {
+            phase = remaining == 0 ? .trailer : .payload
+        }
+    }
+
+    private func endRecord(payload: [UInt8], trailer: UInt64) {
+        let sum = hasher.digest()
+        guard sum == trailer else { fail(.EBADMSG, "record \(seq) (type 0x\(String(tag, radix: 16))) failed its checksum"); return }
+        let known = MigrationRecord.Tag(rawValue: tag)
+        if known == .end {
+            guard payload.count >= 24 else { fail(.EBADMSG, "END record too short"); return }
+            let count = payload.le32(at: 0), total = payload.le64(at: 8), digest = payload.le64(at: 16)
+            guard count == seq, total == bytesBeforeRecord, digest == chain.digest() else {
+                fail(.EBADMSG, "END record does not match the stream (records \(count)/\(seq), bytes \(total)/\(bytesBeforeRecord))")
+                return
+            }
+            phase = .done
+        } else {
+            var t = [UInt8](repeating: 0, count: 8)
+            t.setLE64(sum, at: 0)
+            chain.update(t)
+            if known == .begin {
+                if let e = consumer.begin(payload) { error = e; return }
+            } else if let known, known != .ram {
+                if let e = consumer.record(known, payload) { error = e; return }
+            }
+            phase = .header
+        }
+        seq += 1
+        bytesBeforeRecord = bytesSeen
+    }
+
+    /// Whether the whole stream, up to a valid END record, has been seen.
+    public var complete: Bool { phase == .done && error == nil }
+
+    /// The verdict at the end of RESUMING.
+    public func finish() -> MigrationStreamError? {
+        if let error { return error }
+        if phase == .done { return nil }
+        if bytesSeen == 0 { return MigrationStreamError(.ENODATA, "no migration data was written") }
+        return MigrationStreamError(.ENODATA, "stream truncated after \(bytesSeen) bytes (record \(seq) incomplete or no END record)")
+    }
+}

@@ -1,0 +1,308 @@
+import Glibc
+import PCICore
+import Testing
+import VariantDevices
+import VFIOUserClient
+import VFIOUserProtocol
+import VFIOUserTransport
+
+/// The migratable VF: what STOP and the P2P states allow, PRE_COPY accounting, the
+/// stream's checks, and live migration between two servers under load.
+@Suite struct DeviceMigrationTests {
+    static func tempFile(_ name: String) -> String {
+        var template = Array("/tmp/vfu-migf-XXXXXX".utf8CString)
+        return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) } + "/" + name
+    }
+
+    @Test func stoppedAndP2PStatesStartNoDMAAndRaiseNoInterrupts() throws {
+        let vf = try VF.serve()
+        let g = try Guest(client: try vf.client())
+        let ctl = try vf.client()
+        try g.setUp()
+        try g.submit(3)
+        #expect(try g.waitFor(.completions, atLeast: 3))
+        #expect(EventFD.wait(g.irq!.rawValue, timeoutMs: 1000) >= 1)
+        let model = vf.model!
+
+        for state: MigrationState in [.stop, .runningP2P] {
+            try ctl.setMigrationState(state)
+            _ = EventFD.wait(g.irq!.rawValue, timeoutMs: 0)
+            let before = model.registers
+            try g.submit(5)                         // accepted: the register write lands
+            try g.setReg(.scratch, 0x5A5A)
+            let mem = g.memory.read(at: 0, count: Guest.memSize)
+            #expect(try g.reg(.scratch) == 0x5A5A)
+            #expect(try g.reg(.magic) == MigratableVF.magic)
+            #expect(try ctl.readConfig16(0) == 0x15b3)   // config space still answers
+            usleep(50_000)
+            let after = model.registers
+            // Nothing ran: counters, head and ticks are as they were (only TAIL and SCRATCH moved).
+            for r: MigratableVF.Register in [.completions, .ringHead, .ticks, .irqCount, .bytesLow, .digestLow] {
+                #expect(after[r.rawValue / 4] == before[r.rawValue / 4], "\(state) \(r)")
+            }
+            let unchanged = g.memory.read(at: 0, count: Guest.memSize) == mem
+            #expect(unchanged, "\(state): client memory written")
+            #expect(EventFD.wait(g.irq!.rawValue, timeoutMs: 50) == 0, "\(state): interrupt raised")
+            #expect(throws: VFIOErrno.EBUSY) { try vf.device.dmaWrite(address: Guest.iova, [1, 2, 3]) }
+            vf.device.raiseInterrupt(vector: 0)
+            #expect(EventFD.wait(g.irq!.rawValue, timeoutMs: 50) == 0)
+            try ctl.setMigrationState(.running)
+            #expect(try g.waitFor(.completions, atLeast: before[MigratableVF.Register.completions.rawValue / 4] + 5))
+            #expect(EventFD.wait(g.irq!.rawValue, timeoutMs: 1000) >= 1)
+        }
+        // STOP_COPY: registers are frozen while the state is read out.
+        try ctl.setMigrationState(.stopCopy)
+        #expect(throws: ClientError.server(.regionWrite, .EBUSY)) { try g.setReg(.scratch, 1) }
+        #expect(try g.reg(.scratch) == 0x5A5A)
+        try ctl.setMigrationState(.running)
+    }
+
+    @Test func preCopyReportsInitialAndDirtyBytesAndConverges() throws {
+        let vf = try VF.serve(ramKiB: 512)
+        let c = try vf.client()
+        try c.writeConfig16(0x04, 0x0002)          // memory space on: REGION_WRITE reaches the BAR
+        try c.setMigrationState(.preCopy)
+        let first = try c.precopyInfo()
+        #expect(first.initial >= 512 * 1024 && first.dirty == 0)
+        var total = 0
+        while true {
+            let chunk = try c.readMigrationChunk(max: 64 << 10)
+            if chunk.isEmpty { break }
+            total += chunk.count
+        }
+        #expect(total > 512 * 1024)
+        #expect(try c.precopyInfo() == (0, 0))
+        // Change three pages: two through REGION_WRITE, one through the client's mmap.
+        try c.write(region: 2, offset: 0x1000, [1, 2, 3])
+        try c.write(region: 2, offset: 0x5000 + 100, [9])
+        let ram = vf.device.barMemory[2]!
+        ram.mapping.write(at: 0x7FF00, [0xEE])
+        #expect(try c.precopyInfo() == (0, 3 * 4096))
+        var round = 0
+        while true {
+            let chunk = try c.readMigrationChunk(max: 64 << 10)
+            if chunk.isEmpty { break }
+            round += chunk.count
+        }
+        #expect(round > 3 * 4096 && round < 4 * 4096)
+        #expect(try c.precopyInfo() == (0, 0))       // converged
+        #expect(c.migrationDataSize() ?? 0 > 0)
+        #expect(throws: ClientError.server(.deviceFeature, .EINVAL)) {
+            try c.setMigrationState(.stopCopy)
+            _ = try c.precopyInfo()
+        }
+    }
+
+    /// Saves a device (running, with some history) to a file through the library.
+    /// The guest of each saved device stays connected (a device resets when its last client leaves).
+    static let keep = KeepAlive()
+
+    func savedStream(from vf: Served) throws -> [UInt8] {
+        let g = try Guest(client: try vf.client())
+        Self.keep.add(g)
+        try g.setUp()
+        try g.submit(20)
+        #expect(try g.waitFor(.completions, atLeast: 20))
+        let path = Self.tempFile("saved.vfumig")
+        var m = Migrator(source: .device(try vf.client()), destination: .file(path))
+        m.resumeSourceAfterSave = true
+        let r = try m.run()
+        #expect(r.preCopyRounds >= 1 && r.stopCopyBytes > 0)
+        let f = fopen(path, "rb")!
+        defer { fclose(f) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = fread(&buf, 1, buf.count, f)
+            if n == 0 { break }
+            out += buf[0..<n]
+        }
+        return out
+    }
+
+    func load(_ bytes: [UInt8], into vf: Served) -> Result<MigrationReport, MigrationFailure> {
+        let path = Self.tempFile("load.vfumig")
+        let f = fopen(path, "wb")!
+        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
+        fclose(f)
+        let client = try! vf.client()
+        do {
+            return .success(try Migrator(source: .file(path), destination: .device(client)).run())
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    @Test func aSavedStreamLoadsIntoAFreshDevice() throws {
+        let a = try VF.serve()
+        let bytes = try savedStream(from: a)
+        let b = try VF.serve()
+        let vmmB = try b.client()   // keeps B from resetting when the loader leaves
+        guard case .success = load(bytes, into: b) else { Issue.record("load failed"); return }
+        #expect(try vmmB.migrationState() == .running)
+        // A kept running after the save with nothing more to do: its RAM, ring and counters are what was saved.
+        #expect(b.model!.ramDigest() == a.model!.ramDigest())
+        #expect(b.model!.register(.completions) == 20)
+        #expect(b.model!.register(.ringHead) == 20 && a.model!.register(.ringHead) == 20)
+        #expect(b.model!.register(.digestLow) == a.model!.register(.digestLow))
+        #expect(b.device.busMasterEnabled)
+    }
+
+    @Test func corruptedTruncatedAndForeignStreamsAreEachRefusedWithTheirOwnError() throws {
+        let a = try VF.serve()
+        let bytes = try savedStream(from: a)
+        var reasons: [String] = []
+        func expectRefused(_ stream: [UInt8], _ verdict: MigrationStreamVerdict, _ errno: VFIOErrno, into vf: Served? = nil) throws {
+            let b = try vf ?? VF.serve()
+            let vmm = try b.client()
+            try b.device.barMemory[2]!.write(offset: 0, data: [7, 7, 7][...])
+            let regs = b.model!.registers
+            guard case .failure(let f) = load(stream, into: b) else { Issue.record("\(verdict): accepted"); return }
+            #expect(f.verdict == verdict, "\(f)")
+            #expect(f.error?.errno == errno)
+            #expect(f.destinationState == .error)
+            reasons.append(b.device.migration?.lastFailure ?? "")
+            // Defined state: ERROR, registers untouched, RAM zeroed; a reset brings it back.
+            #expect(b.model!.registers == regs)
+            #expect(try b.device.barMemory[2]!.read(offset: 0, count: 3) == [0, 0, 0])
+            try vmm.reset()
+            #expect(try vmm.migrationState() == .running)
+        }
+        var corrupted = bytes
+        corrupted[bytes.count / 2] ^= 0x40
+        try expectRefused(corrupted, .corrupted, .EBADMSG)
+        try expectRefused(Array(bytes.prefix(bytes.count - 100)), .truncated, .ENODATA)
+        try expectRefused(Array(bytes.prefix(bytes.count / 3)), .truncated, .ENODATA)
+        try expectRefused(bytes, .wrongDevice, .ENODEV, into: try VF.serve(device: "0x1018"))
+        try expectRefused(bytes, .wrongDevice, .ENODEV, into: try VF.serve(ramKiB: 2048))
+        try expectRefused([UInt8](repeating: 0x42, count: 4096), .notAStream, .EPROTO)
+        try expectRefused(bytes + [0], .corrupted, .EBADMSG)
+        #expect(Set(reasons).count == reasons.count, "\(reasons)")
+        #expect(reasons[0].contains("checksum"))
+        #expect(reasons[1].contains("truncated"))
+        #expect(reasons[3].contains("0x101e") || reasons[3].contains("101e"))
+    }
+
+    /// Two servers, a device under continuous load, a VMM that migrates guest RAM with
+    /// the dirty log: registers, RAM and ring progress identical; work continues there.
+    @Test func liveMigrationUnderLoad() throws {
+        let ramKiB = 2048
+        let a = try VF.serve(ramKiB: ramKiB)
+        let b = try VF.serve(ramKiB: ramKiB)
+        let ga = try Guest(client: try a.client())
+        let gb = try Guest(client: try b.client())
+        try ga.setUp()
+        gb.irq = try gb.client.enableEventFDs(index: IRQIndex.msix.rawValue, count: 1)[0]
+        ga.startLoad(ramSize: ramKiB * 1024)
+        #expect(try ga.waitFor(.completions, atLeast: 100))
+        // Some RAM the guest wrote through its mapping of the BAR.
+        let (_, bar) = try ga.client.mapRegion(2)
+        bar.write(at: 0x1234, Array("written through mmap".utf8))
+
+        let ctlA = try a.client(maxXfer: 256 << 10), ctlB = try b.client(maxXfer: 256 << 10)
+        // Guest RAM: the VMM's job. Everything once, then what the device and the CPU dirtied.
+        try ctlA.startDirtyLogging(pageSize: 4096, ranges: [DMALoggingRange(iova: Guest.iova, length: UInt64(Guest.memSize))])
+        gb.memory.write(at: 0, ga.memory.read(at: 0, count: Guest.memSize))
+        var syncedPages = 0
+        func syncRAM() throws {
+            var pages = Set(try ctlA.dirtyPages(iova: Guest.iova, length: UInt64(Guest.memSize), pageSize: 4096).map { Int($0 - Guest.iova) / 4096 })
+            pages.formUnion(ga.cpuDirty.withLock { d in defer { d.removeAll() }; return d })
+            for p in pages { gb.memory.write(at: p * 4096, ga.memory.read(at: p * 4096, count: 4096)) }
+            syncedPages += pages.count
+        }
+        var m = Migrator(source: .device(ctlA), destination: .device(ctlB))
+        m.chunkSize = 256 << 10
+        m.maxRounds = 5
+        m.threshold = 64 << 10
+        var progressCalls = 0
+        m.progress = { _ in progressCalls += 1 }
+        m.afterPreCopyRound = { _ in try syncRAM() }
+        m.beforeStopCopy = { ga.stop() }                 // the VM's CPUs stop
+        m.whileStopped = { try syncRAM() }
+        var checked = false
+        m.beforeDestinationRuns = {
+            // Both devices are stopped now: everything must match.
+            #expect(a.model!.registers == b.model!.registers)
+            #expect(a.model!.ramDigest() == b.model!.ramDigest())
+            let same = ga.memory.read(at: 0, count: Guest.memSize) == gb.memory.read(at: 0, count: Guest.memSize)
+            #expect(same, "guest RAM differs after the dirty-log sync")
+            #expect(a.device.saveCoreState() == b.device.saveCoreState())
+            checked = true
+        }
+        let report = try m.run()
+        #expect(checked)
+        #expect(report.preCopyRounds >= 1 && report.preCopyBytes >= UInt64(ramKiB * 1024))
+        #expect(report.stopCopyBytes > 0 && report.downtimeSeconds > 0 && progressCalls > 0)
+        #expect(syncedPages > 0)
+        #expect(try ctlA.migrationState() == .stop && ctlB.migrationState() == .running)
+        #expect(Array(b.device.barMemory[2]!.mapping.read(at: 0x1234, count: 20)!) == Array("written through mmap".utf8))
+
+        // The source is frozen; the destination goes on: DMA and interrupts continue.
+        let frozen = a.model!.register(.completions)
+        gb.tail = try gb.reg(.ringTail)
+        _ = EventFD.wait(gb.irq!.rawValue, timeoutMs: 0)
+        gb.startLoad(ramSize: ramKiB * 1024)
+        defer { gb.stop() }
+        #expect(try gb.waitFor(.completions, atLeast: frozen + 50))
+        #expect(EventFD.wait(gb.irq!.rawValue, timeoutMs: 2000) >= 1)
+        let slot = Int((try gb.reg(.ringHead) &- 1) % Guest.ringEntries)
+        #expect(gb.memory.read(at: Guest.ringOffset + slot * 32 + 28, count: 4).le32(at: 0) == 1)
+        usleep(20_000)
+        #expect(a.model!.register(.completions) == frozen)
+    }
+
+    @Test func theSourceKeepsRunningAfterAFailedMigration() throws {
+        let a = try VF.serve(ramKiB: 1024)
+        let b = try VF.serve(ramKiB: 512)          // a different device: the stream is refused
+        let vmmB = try b.client()
+        let ga = try Guest(client: try a.client())
+        try ga.setUp()
+        ga.startLoad()
+        defer { ga.stop() }
+        #expect(try ga.waitFor(.completions, atLeast: 50))
+        var m = Migrator(source: .device(try a.client()), destination: .device(try b.client()))
+        m.maxRounds = 2
+        do {
+            try m.run()
+            Issue.record("the migration succeeded")
+        } catch {
+            #expect(error.verdict == .wrongDevice)
+            #expect(error.sourceState == .running)
+            #expect(error.destinationState == .error)
+        }
+        #expect(try vmmB.migrationState() == .error)
+        let n = try ga.reg(.completions)
+        #expect(try ga.waitFor(.completions, atLeast: n + 50))
+        #expect(a.device.migration?.state == .running)
+        // A corrupting link: the same.
+        let c = try VF.serve(ramKiB: 1024)
+        _ = try c.client()
+        var m2 = Migrator(source: .device(try a.client()), destination: .device(try c.client()))
+        m2.transform = { bytes in if bytes.count > 5000 { bytes[4000] ^= 1 } }
+        do {
+            try m2.run()
+            Issue.record("the corrupted migration succeeded")
+        } catch {
+            #expect(error.verdict == .corrupted)
+            #expect(error.sourceState == .running)
+        }
+        let k = try ga.reg(.completions)
+        #expect(try ga.waitFor(.completions, atLeast: k + 20))
+    }
+
+    @Test func checksumIsXXH64() {
+        #expect(XXH64.hash([UInt8]()) == 0xEF46_DB37_51D8_E999)
+        #expect(XXH64.hash(Array("abc".utf8)) == 0x44BC_2CF5_AD77_0999)
+        let long = (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        var x = XXH64(seed: 5)
+        x.update(long[0..<3]); x.update(long[3..<40]); x.update(long[40...])
+        #expect(x.digest() == XXH64.hash(long, seed: 5))
+    }
+}
+
+final class KeepAlive: @unchecked Sendable {
+    private var items: [AnyObject] = []
+    private var m = pthread_mutex_t()
+    init() { pthread_mutex_init(&m, nil) }
+    func add(_ o: AnyObject) { pthread_mutex_lock(&m); items.append(o); pthread_mutex_unlock(&m) }
+}
