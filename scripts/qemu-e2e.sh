@@ -161,6 +161,8 @@ for SPEC in "${SPECS[@]}"; do
   CHECK_ARGS=(--qemu-status "$QST" --server-log "$SLOG" --timeout-seconds "$BOOT_TIMEOUT" --no-summary)
   [ -n "${DROP_PATTERN:-}" ] && CHECK_ARGS+=(--drop-pattern "$DROP_PATTERN")
   set +e
+  EFF="$LOG_DIR/$NAME.effective.json"
+  if "$VFU" check-spec --effective "$SPEC" >"$EFF" 2>/dev/null; then CHECK_ARGS+=(--effective "$EFF"); fi
   "$PY" "$SCRIPT_DIR/e2e_check.py" "$SPEC" "$GLOG" "${CHECK_ARGS[@]}" >"$CLOG" 2>&1
   set -e
   cat "$CLOG"
