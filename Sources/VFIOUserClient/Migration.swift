@@ -166,3 +166,28 @@ public enum MigrationStreamVerdict: Equatable, Sendable, CustomStringConvertible
         }
     }
 }
+
+// MARK: Direct data path (our "mig-data-fd" extension, docs/protocol-extensions.md)
+
+extension VFIOUserClient {
+    /// DEVICE_FEATURE index of the mig-data-fd extension.
+    public static let migDataFDFeature: UInt16 = 0x8016
+
+    /// Whether the server agreed to move migration data through an fd.
+    public var supportsMigrationDataFD: Bool { hasExtension("mig-data-fd") }
+
+    /// Has the server write its outgoing stream into `fd` (until no more is available
+    /// now, or the stream ends) or, with `load`, read a stream from `fd` until end of
+    /// file. Blocks until the server is done; returns the bytes moved.
+    public func transferMigrationStream(fd: Int32, load: Bool) throws(ClientError) -> UInt64 {
+        var data = [UInt8](repeating: 0, count: 8)
+        data.setLE32(load ? 1 : 0, at: 0)
+        let req = DeviceFeature(argsz: 24, flags: UInt32(Self.migDataFDFeature) | DeviceFeature.set, data: data)
+        let saved = timeoutMs
+        timeoutMs = 600_000   // the whole stream moves before the reply
+        defer { timeoutMs = saved }
+        let reply = try call(.deviceFeature, payload: req.encoded, fds: [fd])
+        guard reply.count >= 8 + 16 else { throw .malformedReply(.deviceFeature, "short mig-data-fd reply") }
+        return reply.le64(at: 8 + 8)
+    }
+}

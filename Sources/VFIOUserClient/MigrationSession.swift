@@ -31,6 +31,8 @@ public struct MigrationReport: Sendable {
     public var preCopySeconds = 0.0
     /// STOP_COPY requested → last byte delivered.
     public var stopCopySeconds = 0.0
+    /// Whether stop-copy went straight from source to destination (mig-data-fd).
+    public var directDataPath = false
     /// Source stopped (STOP_COPY requested) → destination RUNNING (or the file closed).
     public var downtimeSeconds = 0.0
     public var totalSeconds = 0.0
@@ -91,6 +93,10 @@ public struct Migrator {
     public var beforeDestinationRuns: (() throws -> Void)?
     /// Test hook: may alter or drop each chunk on its way to the destination.
     public var transform: ((inout [UInt8]) -> Void)?
+    /// Move the stop-copy stream straight from source to destination through a
+    /// socketpair when both servers offer the "mig-data-fd" extension, instead of
+    /// relaying every byte through this client (half the copies).
+    public var directDataPath = true
 
     public init(source: MigrationEndpoint, destination: MigrationEndpoint) {
         self.source = source
@@ -169,7 +175,14 @@ public struct Migrator {
                 try beforeStopCopy?()
                 try s.setMigrationState(.stopCopy)
                 try whileStopped?()
-                report.stopCopyBytes = try pump(from: s, to: sink!, chunk: chunk, estimate: estimate, start: start, moved: &moved)
+                if directDataPath, transform == nil, case .device(let d, _) = sink!,
+                   s.supportsMigrationDataFD, d.supportsMigrationDataFD {
+                    report.stopCopyBytes = try direct(from: s, to: d)
+                    report.directDataPath = true
+                    moved += report.stopCopyBytes
+                } else {
+                    report.stopCopyBytes = try pump(from: s, to: sink!, chunk: chunk, estimate: estimate, start: start, moved: &moved)
+                }
                 try s.setMigrationState(.stop)
                 report.stopCopySeconds = Self.now() - t1
                 try finishDestination(sink!, &phase)
@@ -216,6 +229,33 @@ public struct Migrator {
             try f.sync()
             f.close()
         }
+    }
+
+    /// Stop-copy through a socketpair: the source writes the stream into one end while
+    /// the destination reads the other. Our copies of both ends are closed once handed
+    /// over, so the destination sees end of file exactly when the source is done.
+    private func direct(from s: VFIOUserClient, to d: VFIOUserClient) throws -> UInt64 {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw MigrationFailure(phase: "stop-copy", error: nil, reason: "socketpair failed: errno \(errno)")
+        }
+        let out = OwnedFD(fds[0]), into = OwnedFD(fds[1])
+        let sent = Completion<Result<UInt64, ClientError>>()
+        spawnThread(name: "vfu-mig-direct") {
+            let r = Result { () throws(ClientError) -> UInt64 in try s.transferMigrationStream(fd: out.rawValue, load: false) }
+            out.close()   // the source is done: our copy must go too, or the destination never sees EOF
+            sent.fulfil(r)
+        }
+        let received: Result<UInt64, ClientError> = Result { () throws(ClientError) -> UInt64 in
+            try d.transferMigrationStream(fd: into.rawValue, load: true)
+        }
+        into.close()   // unblocks the source if the destination stopped reading early
+        let bytesOut = try sent.wait().get()
+        let bytesIn = try received.get()
+        guard bytesOut == bytesIn else {
+            throw MigrationFailure(phase: "stop-copy", error: nil, reason: "source sent \(bytesOut) bytes, destination read \(bytesIn)")
+        }
+        return bytesOut
     }
 
     /// Stop-copy: a reader thread pulls chunks from the source while this thread
@@ -420,4 +460,36 @@ final class FileHandle: @unchecked Sendable {
     }
 
     deinit { close() }
+}
+
+
+/// A value handed from one thread to another once.
+final class Completion<Value: Sendable>: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var value: Value?
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(&cond)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    func fulfil(_ v: Value) {
+        pthread_mutex_lock(&mutex)
+        value = v
+        pthread_cond_broadcast(&cond)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func wait() -> Value {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        while value == nil { pthread_cond_wait(&cond, &mutex) }
+        return value!
+    }
 }

@@ -22,7 +22,8 @@ enum Dispatcher {
             return .errorThenClose(.EINVAL)
         }
         // Only these commands carry fds; anything else with fds is ambiguous.
-        if !msg.fds.isEmpty && h.command != .dmaMap && h.command != .deviceSetIRQs {
+        // (DEVICE_FEATURE takes one only for our mig-data-fd extension; MigrationDispatch checks.)
+        if !msg.fds.isEmpty && h.command != .dmaMap && h.command != .deviceSetIRQs && h.command != .deviceFeature {
             return h.command == .version ? .errorThenClose(.EINVAL) : .error(.EINVAL)
         }
         do {

@@ -1,3 +1,4 @@
+import Glibc
 import PCICore
 import VFIOUserProtocol
 import VFIOUserTransport
@@ -10,6 +11,9 @@ enum MigrationDispatch {
     /// flags u32, initial_bytes u64, dirty_bytes u64. Valid in PRE_COPY and
     /// PRE_COPY_P2P only. The client library has the same constant.
     static let precopyInfoFeature: UInt16 = 0x8015
+    /// Our extension "mig-data-fd" (docs/protocol-extensions.md): move the migration
+    /// stream through an fd the client passes, instead of MIG_DATA_READ/WRITE messages.
+    static let migDataFDFeature: UInt16 = 0x8016
     /// Logging page sizes we choose from (START's page_size is a hint, LINUX).
     static let loggingPageSizes: ClosedRange<UInt64> = 4096...(1 << 30)
 
@@ -22,7 +26,23 @@ enum MigrationDispatch {
         func supported(get g: Bool, set s: Bool) -> Bool { (!get || g) && (!set || s) }
         func probeReply() -> Outcome { .reply(msg.payload.map { $0 }) }
 
+        guard msg.fds.isEmpty || req.feature == migDataFDFeature else { return .error(.EINVAL) }
         switch req.feature {
+        case migDataFDFeature:
+            guard let mig, c.agreedExtensions.contains("mig-data-fd"), supported(get: false, set: true) else { return .error(.EINVAL) }
+            if probe { return probeReply() }
+            guard msg.fds.count == 1, req.data.count >= 8, req.argsz >= 24 else { return .error(.EINVAL) }
+            let direction = req.data.le32(at: 0)
+            let bytes: UInt64
+            switch direction {
+            case 0: bytes = try saveStream(to: msg.fds[0].rawValue, mig, device)
+            case 1: bytes = try loadStream(from: msg.fds[0].rawValue, mig, device)
+            default: return .error(.EINVAL)
+            }
+            var data = [UInt8](repeating: 0, count: 16)
+            data.setLE32(direction, at: 0)
+            data.setLE64(bytes, at: 8)
+            return .reply(DeviceFeature(argsz: 24, flags: req.flags, data: data).encoded)
         case DeviceFeature.migration:
             guard let mig, supported(get: true, set: false) else { return .error(.EINVAL) }
             if probe { return probeReply() }
@@ -154,4 +174,53 @@ enum MigrationDispatch {
         }
         return .reply([])
     }
+
+    /// Writes the outgoing stream into `fd` until the device has no more for now
+    /// (PRE_COPY) or the stream ends (STOP_COPY). The device lock is held per chunk only.
+    static func saveStream(to fd: Int32, _ mig: MigrationController, _ device: PCIDevice) throws(VFIOErrno) -> UInt64 {
+        var total: UInt64 = 0
+        var buf = [UInt8]()
+        buf.reserveCapacity(streamChunk)
+        while true {
+            buf.removeAll(keepingCapacity: true)
+            try device.lock.withLock { () throws(VFIOErrno) in
+                guard mig.state == .preCopy || mig.state == .stopCopy || mig.state == .preCopyP2P else { throw .EINVAL }
+                try mig.handler.readStateData(into: &buf, max: streamChunk)
+            }
+            if buf.isEmpty { return total }
+            let sent = buf.withUnsafeBytes { raw -> Bool in
+                var done = 0
+                while done < raw.count {
+                    var n = send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL))
+                    if n < 0 && errno == ENOTSOCK { n = write(fd, raw.baseAddress! + done, raw.count - done) }
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { return false }
+                    done += n
+                }
+                return true
+            }
+            guard sent else { throw .EIO }
+            total += UInt64(buf.count)
+        }
+    }
+
+    /// Feeds everything read from `fd` until end of file into the RESUMING device.
+    static func loadStream(from fd: Int32, _ mig: MigrationController, _ device: PCIDevice) throws(VFIOErrno) -> UInt64 {
+        guard device.lock.withLock({ mig.state == .resuming }) else { throw .EINVAL }
+        var total: UInt64 = 0
+        var buf = [UInt8](repeating: 0, count: streamChunk)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, streamChunk) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw .EIO }
+            if n == 0 { return total }
+            try device.lock.withLock { () throws(VFIOErrno) in
+                guard mig.state == .resuming else { throw .EINVAL }
+                try mig.handler.writeStateData(buf[0..<n])
+            }
+            total += UInt64(n)
+        }
+    }
+
+    static let streamChunk = 1 << 20
 }

@@ -14,7 +14,7 @@ public struct ServerOptions: Sendable {
     /// How long to wait for the client's reply to a DMA_READ / DMA_WRITE.
     public var clientReplyTimeoutMs = 5000
     /// Extensions we offer to clients that ask (see docs/protocol-extensions.md).
-    public var extensions: [String: String] = ["device-info-caps": "1"]
+    public var extensions: [String: String] = ["device-info-caps": "1", "mig-data-fd": "1"]
 
     public init() {}
 

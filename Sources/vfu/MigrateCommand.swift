@@ -36,6 +36,8 @@ struct MigrateCommand: ParsableCommand {
     @Flag(name: .customLong("keep-running"), help: "With --to-file: return the source to RUNNING after the save.") var keepRunning = false
     @Flag(help: "Print a JSON summary on stdout.") var json = false
     @Flag(help: "Run the stop-copy benchmark instead.") var bench = false
+    @Flag(help: "Relay every byte through this client (MIG_DATA_READ/WRITE) even when both servers offer the direct data path.")
+    var relay = false
     @Option(name: .customLong("bench-size"), help: "Device RAM for --bench, in MiB (≤ 1024).") var benchSize: Int = 256
     @Option(help: "Benchmark runs (the median is reported).") var runs: Int = 3
 
@@ -50,7 +52,8 @@ struct MigrateCommand: ParsableCommand {
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
         if bench { return try runBench() }
-        let caps = VersionCapabilities(maxMsgFDs: 16, maxDataXferSize: chunk, pgsizes: 4096, maxDMAMaps: 65535)
+        let caps = VersionCapabilities(maxMsgFDs: 16, maxDataXferSize: chunk, pgsizes: 4096, maxDMAMaps: 65535,
+                                       extensions: relay ? nil : ["mig-data-fd": "1"])
         func connect(_ path: String) throws -> VFIOUserClient {
             do { return try VFIOUserClient(path: path, capabilities: caps) } catch {
                 printError("vfu: error: cannot connect to \(path): \(error)")
@@ -105,7 +108,8 @@ struct MigrateCommand: ParsableCommand {
         let driver = MigratableVFDriver()
         var options = ServerOptions()
         options.maxDataXferSize = chunk
-        let caps = VersionCapabilities(maxMsgFDs: 16, maxDataXferSize: chunk, pgsizes: 4096, maxDMAMaps: 65535)
+        let caps = VersionCapabilities(maxMsgFDs: 16, maxDataXferSize: chunk, pgsizes: 4096, maxDMAMaps: 65535,
+                                       extensions: relay ? nil : ["mig-data-fd": "1"])
         var logger = Logger(label: "vfu-bench")
         logger.logLevel = .warning
         let bytes = benchSize << 20

@@ -1,0 +1,97 @@
+import Glibc
+import PCICore
+import Testing
+import VariantDevices
+import VFIOUserClient
+import VFIOUserProtocol
+import VFIOUserTransport
+
+/// The "mig-data-fd" extension: the stream goes through an fd instead of
+/// MIG_DATA_READ/WRITE messages (docs/protocol-extensions.md).
+@Suite struct DirectPathTests {
+    static let caps = VersionCapabilities(maxMsgFDs: 16, maxDataXferSize: 1 << 20, pgsizes: 4096, maxDMAMaps: 65535,
+                                          extensions: ["mig-data-fd": "1"])
+
+    func fillRAM(_ vf: Served, seed: UInt64) {
+        let m = vf.device.barMemory[2]!
+        var x = seed | 1
+        let words = m.mapping.base.bindMemory(to: UInt64.self, capacity: m.size / 8)
+        for i in 0..<(m.size / 8) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            words[i] = x
+        }
+    }
+
+    func ram(_ vf: Served) -> [UInt8] {
+        let m = vf.device.barMemory[2]!
+        return vf.device.lock.withLock { m.mapping.read(at: 0, count: m.size)! }
+    }
+
+    @Test func aMigrationTakesTheDirectPathWhenBothServersOfferIt() throws {
+        let a = try VF.serve(ramKiB: 4096), b = try VF.serve(ramKiB: 4096)
+        fillRAM(a, seed: 42)
+        let vmmA = try a.client(), vmmB = try b.client()   // stay connected: the last client leaving resets a device
+        let ca = try VFIOUserClient(path: a.path, capabilities: Self.caps)
+        let cb = try VFIOUserClient(path: b.path, capabilities: Self.caps)
+        #expect(ca.supportsMigrationDataFD && cb.supportsMigrationDataFD)
+        fillRAM(a, seed: 43)
+        let r = try Migrator(source: .device(ca), destination: .device(cb)).run()
+        #expect(r.directDataPath)
+        #expect(r.stopCopyBytes > 0)
+        #expect(ram(b) == ram(a))
+        #expect(try vmmB.migrationState() == .running)
+        #expect(try vmmA.migrationState() == .stop)
+    }
+
+    @Test func aClientThatDidNotNegotiateItIsRefusedAndRelaysInstead() throws {
+        let a = try VF.serve(), b = try VF.serve()
+        fillRAM(a, seed: 7)
+        let keepB = try b.client()
+        let plain = try a.client()   // no extension asked for
+        #expect(!plain.supportsMigrationDataFD)
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        try plain.setMigrationState(.stopCopy)
+        #expect(throws: ClientError.server(.deviceFeature, .EINVAL)) { _ = try plain.transferMigrationStream(fd: fds[0], load: false) }
+        try plain.setMigrationState(.running)
+        let r = try Migrator(source: .device(plain), destination: .device(try b.client())).run()
+        #expect(!r.directDataPath)
+        #expect(ram(b) == ram(a))
+        _ = keepB
+    }
+
+    @Test func aStreamSavedToAFileThroughItsFDLoadsFromIt() throws {
+        let a = try VF.serve(), b = try VF.serve()
+        fillRAM(a, seed: 99)
+        let keepB = try b.client()
+        let ca = try VFIOUserClient(path: a.path, capabilities: Self.caps)
+        let cb = try VFIOUserClient(path: b.path, capabilities: Self.caps)
+        let path = "/tmp/vfu-direct-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).vfumig"
+        defer { unlink(path) }
+        let out = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        try ca.setMigrationState(.stopCopy)
+        let saved = try ca.transferMigrationStream(fd: out, load: false)
+        close(out)
+        var st = stat()
+        stat(path, &st)
+        #expect(saved > UInt64(1 << 20) && UInt64(st.st_size) == saved)
+        try cb.setMigrationState(.resuming)
+        let input = open(path, O_RDONLY | O_CLOEXEC)
+        let loaded = try cb.transferMigrationStream(fd: input, load: true)
+        close(input)
+        #expect(loaded == saved)
+        try cb.setMigrationState(.running)
+        #expect(ram(b) == ram(a))
+        // A loaded stream with a flipped byte is refused at RESUMING → STOP, as over messages.
+        let fd = open(path, O_RDWR)
+        var byte: UInt8 = 0
+        pread(fd, &byte, 1, off_t(saved / 2)); byte ^= 0x10; pwrite(fd, &byte, 1, off_t(saved / 2))
+        lseek(fd, 0, SEEK_SET)
+        try cb.setMigrationState(.resuming)
+        _ = try cb.transferMigrationStream(fd: fd, load: true)
+        close(fd)
+        #expect(throws: ClientError.server(.deviceFeature, .EBADMSG)) { try cb.setMigrationState(.stop) }
+        _ = keepB
+    }
+}
