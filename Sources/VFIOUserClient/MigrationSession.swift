@@ -461,35 +461,3 @@ final class FileHandle: @unchecked Sendable {
 
     deinit { close() }
 }
-
-
-/// A value handed from one thread to another once.
-final class Completion<Value: Sendable>: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
-    private var value: Value?
-
-    init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
-    }
-
-    func fulfil(_ v: Value) {
-        pthread_mutex_lock(&mutex)
-        value = v
-        pthread_cond_broadcast(&cond)
-        pthread_mutex_unlock(&mutex)
-    }
-
-    func wait() -> Value {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        while value == nil { pthread_cond_wait(&cond, &mutex) }
-        return value!
-    }
-}

@@ -12,14 +12,10 @@ import VFIOUserTransport
     @Test func aMapBeyondTheEndOfItsFileIsRefused() throws {
         var c = PCIDeviceConfiguration(name: "dma-bounds", identity: PCIIdentity(vendor: 0x1b36, device: 0x98))
         c.bars = [BARDescriptor(index: 0, size: 4096)]
-        let device = try PCIDevice(configuration: c)
-        var template = Array("/tmp/vfu-dmab-XXXXXX".utf8CString)
-        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-        let listener = try UnixListener(path: dir + "/s.sock")
-        let server = VFIOUserServer(device: device)
-        server.start(on: listener)
-        defer { server.stop() }
-        let client = try VFIOUserClient(path: dir + "/s.sock")
+        let s = try InProcessServer(configuration: c, tag: "dmab")
+        defer { s.stop() }
+        let device = s.device
+        let client = try s.client()
         let mem = try ClientMemory(size: 8192)
         #expect(throws: ClientError.server(.dmaMap, .EINVAL)) {
             try client.dmaMap(mem, address: 0x10000, size: 1 << 20)
@@ -39,15 +35,11 @@ import VFIOUserTransport
     @Test func oneClientCannotUnmapAnothersMemory() throws {
         var c = PCIDeviceConfiguration(name: "dma-owner", identity: PCIIdentity(vendor: 0x1b36, device: 0x97))
         c.bars = [BARDescriptor(index: 0, size: 4096)]
-        let device = try PCIDevice(configuration: c)
-        var template = Array("/tmp/vfu-dmao-XXXXXX".utf8CString)
-        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-        let listener = try UnixListener(path: dir + "/s.sock")
-        let server = VFIOUserServer(device: device)
-        server.start(on: listener)
-        defer { server.stop() }
-        let a = try VFIOUserClient(path: dir + "/s.sock")
-        let b = try VFIOUserClient(path: dir + "/s.sock")
+        let s = try InProcessServer(configuration: c, tag: "dmao")
+        defer { s.stop() }
+        let device = s.device
+        let a = try s.client()
+        let b = try s.client()
         let mem = try ClientMemory(size: 4096)
         try a.dmaMap(mem, address: 0x20000)
         #expect(throws: ClientError.server(.dmaUnmap, .ENOENT)) { try b.dmaUnmap(address: 0x20000, size: 4096) }

@@ -9,18 +9,13 @@ import VFIOUserTransport
 /// SET_IRQS EVENTFD|UNMASK / EVENTFD|MASK: the client signals an eventfd and the
 /// device (un)masks the vector, as QEMU's INTx resample path does with KVM.
 @Suite struct IRQFDTests {
-    func serve() throws -> (PCIDevice, VFIOUserServer, VFIOUserClient) {
+    func serve() throws -> (PCIDevice, InProcessServer, VFIOUserClient) {
         var c = PCIDeviceConfiguration(name: "irqfd", identity: PCIIdentity(vendor: 0x1b36, device: 0x99))
         c.interruptPin = 1
         c.bars = [BARDescriptor(index: 0, size: 4096)]
         c.msix = MSIXConfiguration(vectors: 4, tableBAR: 0, tableOffset: 0x800, pbaBAR: 0, pbaOffset: 0xC00)
-        let device = try PCIDevice(configuration: c)
-        var template = Array("/tmp/vfu-irqfd-XXXXXX".utf8CString)
-        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-        let listener = try UnixListener(path: dir + "/s.sock")
-        let server = VFIOUserServer(device: device)
-        server.start(on: listener)
-        return (device, server, try VFIOUserClient(path: dir + "/s.sock"))
+        let s = try InProcessServer(configuration: c, tag: "irqfd")
+        return (s.device, s, try s.client())
     }
 
     @Test func anUnmaskEventFDRedeliversAStillAssertedINTx() throws {

@@ -118,6 +118,16 @@ final class InProcessServer: @unchecked Sendable {
         server.start(on: listener)
     }
 
+    /// Serves a device built straight from a core configuration.
+    init(configuration: PCIDeviceConfiguration, tag: String, options: ServerOptions = ServerOptions()) throws {
+        device = try PCIDevice(configuration: configuration)
+        dir = makeTempDir(tag)
+        path = dir + "/s.sock"
+        let listener = try UnixListener(path: path)
+        server = VFIOUserServer(device: device, options: options)
+        server.start(on: listener)
+    }
+
     func client(capabilities: VersionCapabilities = VFIOUserClient.defaultCapabilities) throws -> VFIOUserClient {
         try makeClient(path, capabilities: capabilities)
     }
