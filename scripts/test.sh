@@ -8,7 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== swift build"
-swift build 2>&1 | tail -n 3
+set +e
+swift build >/tmp/vfu-swift-build.log 2>&1
+status=$?
+set -e
+# Warnings and errors, then the closing line.
+grep -E 'warning:|error:' /tmp/vfu-swift-build.log | sort -u || true
+tail -n 1 /tmp/vfu-swift-build.log
+[ "$status" -eq 0 ] || { echo "swift build failed (status $status); full log: /tmp/vfu-swift-build.log"; exit "$status"; }
 echo "== swift test"
 set +e
 swift test >/tmp/vfu-swift-test.log 2>&1
