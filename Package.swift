@@ -56,7 +56,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "VariantDevices",
-            dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", "CVFIOUserShim", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .target(
             name: "VFIOUserClient",

@@ -11,8 +11,21 @@ public protocol MigrationHandler: AnyObject, Sendable {
     /// Appends up to `max` bytes of the outgoing stream to `out`; fewer (or none)
     /// means no more now (PRE_COPY) or the end of the stream (STOP_COPY).
     func readStateData(into out: inout [UInt8], max: Int) throws(VFIOErrno)
+    /// Saving fast path: hands up to `max` bytes of the outgoing stream to `sink` in
+    /// pieces that may point into device memory (no copy). `sink` consumes each piece
+    /// before returning, or returns false to stop. Returns the bytes handed out; 0 means
+    /// no more now. The default goes through `readStateData(into:max:)`.
+    func readStateData(max: Int, to sink: (UnsafeRawBufferPointer) -> Bool) throws(VFIOErrno) -> Int
     /// Takes incoming stream bytes while RESUMING.
     func writeStateData(_ data: ArraySlice<UInt8>) throws(VFIOErrno)
+    /// Loading fast path: where up to `max` of the next incoming bytes may be read
+    /// directly (e.g. into device memory), or nil to use `writeStateData`.
+    func directWriteTarget(max: Int) -> UnsafeMutableRawBufferPointer?
+    /// `bytes` were read into the last `directWriteTarget`.
+    func directWriteCommitted(_ bytes: UnsafeRawBufferPointer) throws(VFIOErrno)
+    /// When there is no direct target: the most bytes to hand to `writeStateData`
+    /// before asking for one again (nil: no limit).
+    func indirectWriteLimit() -> Int?
     /// Bytes still to send while saving: `initial` (first pass not yet read) and
     /// `dirty` (changed since it was read), as VFIO_MIG_GET_PRECOPY_INFO reports.
     func pendingBytes() -> (initial: UInt64, dirty: UInt64)
@@ -29,6 +42,15 @@ public protocol MigrationHandler: AnyObject, Sendable {
 }
 
 extension MigrationHandler {
+    public func directWriteTarget(max: Int) -> UnsafeMutableRawBufferPointer? { nil }
+    public func directWriteCommitted(_ bytes: UnsafeRawBufferPointer) throws(VFIOErrno) { throw .EINVAL }
+    public func indirectWriteLimit() -> Int? { nil }
+    public func readStateData(max: Int, to sink: (UnsafeRawBufferPointer) -> Bool) throws(VFIOErrno) -> Int {
+        var buf = [UInt8]()
+        try readStateData(into: &buf, max: max)
+        if buf.isEmpty { return 0 }
+        return buf.withUnsafeBytes { sink($0) } ? buf.count : 0
+    }
     public func stopCopySize() -> UInt64 { let p = pendingBytes(); return p.initial + p.dirty }
     public func deviceReset() {}
     public func didEnter(_ state: MigrationState) {}

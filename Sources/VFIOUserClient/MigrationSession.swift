@@ -240,6 +240,13 @@ public struct Migrator {
             throw MigrationFailure(phase: "stop-copy", error: nil, reason: "socketpair failed: errno \(errno)")
         }
         let out = OwnedFD(fds[0]), into = OwnedFD(fds[1])
+        // Deep socket buffers let the source run ahead of the destination instead of
+        // waking it every few hundred KiB (the kernel caps them at net.core.*mem_max).
+        var size: Int32 = 8 << 20
+        for fd in [fds[0], fds[1]] {
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         let sent = Completion<Result<UInt64, ClientError>>()
         spawnThread(name: "vfu-mig-direct") {
             let r = Result { () throws(ClientError) -> UInt64 in try s.transferMigrationStream(fd: out.rawValue, load: false) }

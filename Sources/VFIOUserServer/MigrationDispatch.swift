@@ -179,28 +179,26 @@ enum MigrationDispatch {
     /// (PRE_COPY) or the stream ends (STOP_COPY). The device lock is held per chunk only.
     static func saveStream(to fd: Int32, _ mig: MigrationController, _ device: PCIDevice) throws(VFIOErrno) -> UInt64 {
         var total: UInt64 = 0
-        var buf = [UInt8]()
-        buf.reserveCapacity(streamChunk)
+        var failed = false
         while true {
-            buf.removeAll(keepingCapacity: true)
-            try device.lock.withLock { () throws(VFIOErrno) in
+            let n = try device.lock.withLock { () throws(VFIOErrno) -> Int in
                 guard mig.state == .preCopy || mig.state == .stopCopy || mig.state == .preCopyP2P else { throw .EINVAL }
-                try mig.handler.readStateData(into: &buf, max: streamChunk)
-            }
-            if buf.isEmpty { return total }
-            let sent = buf.withUnsafeBytes { raw -> Bool in
-                var done = 0
-                while done < raw.count {
-                    var n = send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL))
-                    if n < 0 && errno == ENOTSOCK { n = write(fd, raw.baseAddress! + done, raw.count - done) }
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else { return false }
-                    done += n
+                // Pieces may point into device memory: each is sent before the next is made.
+                return try mig.handler.readStateData(max: streamChunk) { piece in
+                    var done = 0
+                    while done < piece.count {
+                        var n = send(fd, piece.baseAddress! + done, piece.count - done, Int32(MSG_NOSIGNAL))
+                        if n < 0 && errno == ENOTSOCK { n = write(fd, piece.baseAddress! + done, piece.count - done) }
+                        if n < 0 && errno == EINTR { continue }
+                        guard n > 0 else { failed = true; return false }
+                        done += n
+                    }
+                    return true
                 }
-                return true
             }
-            guard sent else { throw .EIO }
-            total += UInt64(buf.count)
+            if failed { throw .EIO }
+            if n == 0 { return total }
+            total += UInt64(n)
         }
     }
 
@@ -210,7 +208,26 @@ enum MigrationDispatch {
         var total: UInt64 = 0
         var buf = [UInt8](repeating: 0, count: streamChunk)
         while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, streamChunk) }
+            // Bulk data (device memory) is read straight into place when the device allows.
+            let (target, limit) = try device.lock.withLock { () throws(VFIOErrno) -> (UnsafeMutableRawBufferPointer?, Int?) in
+                guard mig.state == .resuming else { throw .EINVAL }
+                let t = mig.handler.directWriteTarget(max: streamChunk)
+                return (t, t == nil ? mig.handler.indirectWriteLimit() : nil)
+            }
+            if let target, let base = target.baseAddress, target.count > 0 {
+                let n = read(fd, base, target.count)
+                if n < 0 && errno == EINTR { continue }
+                guard n >= 0 else { throw .EIO }
+                if n == 0 { return total }
+                try device.lock.withLock { () throws(VFIOErrno) in
+                    guard mig.state == .resuming else { throw .EINVAL }
+                    try mig.handler.directWriteCommitted(UnsafeRawBufferPointer(start: base, count: n))
+                }
+                total += UInt64(n)
+                continue
+            }
+            let want = max(1, min(streamChunk, limit ?? streamChunk))
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, want) }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else { throw .EIO }
             if n == 0 { return total }

@@ -378,9 +378,28 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         save.read(into: &out, max: max)
     }
 
+    public func readStateData(max: Int, to sink: (UnsafeRawBufferPointer) -> Bool) throws(VFIOErrno) -> Int {
+        guard let save else { throw .EINVAL }
+        return save.produce(max: max, sink)
+    }
+
     public func writeStateData(_ data: ArraySlice<UInt8>) throws(VFIOErrno) {
         guard let loader else { throw .EINVAL }
         loader.write(data)
+    }
+
+    public func directWriteTarget(max: Int) -> UnsafeMutableRawBufferPointer? { loader?.directTarget(max: max) }
+
+    public func indirectWriteLimit() -> Int? { loader?.indirectReadLimit }
+
+    public func directWriteCommitted(_ bytes: UnsafeRawBufferPointer) throws(VFIOErrno) {
+        guard let loader else { throw .EINVAL }
+        loader.commitDirect(bytes)
+    }
+
+    public func ramBuffer(offset: UInt64, length: Int) -> UnsafeMutableRawBufferPointer? {
+        guard length >= 0, offset <= UInt64(ram.size), UInt64(length) <= UInt64(ram.size) - offset else { return nil }
+        return UnsafeMutableRawBufferPointer(start: ram.mapping.base + Int(offset), count: length)
     }
 
     public func pendingBytes() -> (initial: UInt64, dirty: UInt64) {
@@ -533,6 +552,7 @@ final class SaveSession {
     private var ramLeft = 0                 // data bytes left in the record
     private var recordHash = XXH64()
     private var pageHash = XXH64()
+    private var scratch: [UInt8] = []
     static let runPages = 256
 
     init(model: MigratableVF, preCopy: Bool) {
@@ -609,25 +629,49 @@ final class SaveSession {
     }
 
     func read(into dst: inout [UInt8], max: Int) {
+        produce(max: max) { piece in
+            dst.append(contentsOf: piece)
+            return true
+        }
+    }
+
+    /// Hands out up to `max` bytes of the stream, in order, as pieces: framing from
+    /// our own buffer, RAM straight from the BAR mapping (checksummed there, with no
+    /// copy). `sink` must consume each piece before returning; false stops early.
+    /// Returns the bytes handed out.
+    @discardableResult
+    func produce(max: Int, _ sink: (UnsafeRawBufferPointer) -> Bool) -> Int {
         var budget = max
         let base = model.ram.mapping.base
         while budget > 0 {
             if outPos < out.count {
                 let n = min(budget, out.count - outPos)
-                dst.append(contentsOf: out[outPos..<(outPos + n)])
+                let ok = out.withUnsafeBytes { sink(UnsafeRawBufferPointer(rebasing: $0[outPos..<(outPos + n)])) }
+                guard ok else { break }
                 outPos += n; budget -= n; emitted += UInt64(n)
                 continue
             }
             if ramLeft > 0 {
-                // Copy in 64 KiB pieces and hash each while it is still in cache.
+                // 64 KiB pieces, each hashed and sent while it is still in cache. While the
+                // device runs (PRE_COPY) the RAM may change under us, so the piece is copied
+                // first and the copy is what is hashed and sent; once stopped (STOP_COPY) it
+                // goes straight from the mapping.
                 let n = min(budget, ramLeft, 64 << 10)
-                let start = dst.count
-                dst.append(contentsOf: UnsafeRawBufferPointer(start: base + ramCursor, count: n))
-                dst.withUnsafeBytes { all in
-                    let piece = UnsafeRawBufferPointer(rebasing: all[start..<(start + n)])
-                    recordHash.update(piece)
-                    if preCopy && !final { trackPages(piece) }
+                let live = UnsafeRawBufferPointer(start: base + ramCursor, count: n)
+                let ok: Bool
+                if final {
+                    recordHash.update(live)
+                    ok = sink(live)
+                } else {
+                    scratch.removeAll(keepingCapacity: true)
+                    scratch.append(contentsOf: live)
+                    ok = scratch.withUnsafeBytes { piece in
+                        recordHash.update(piece)
+                        if preCopy { trackPages(piece) }
+                        return sink(piece)
+                    }
                 }
+                guard ok else { break }
                 ramCursor += n; ramLeft -= n; budget -= n; emitted += UInt64(n)
                 if ramLeft == 0 {
                     let sum = recordHash.digest()
@@ -674,6 +718,7 @@ final class SaveSession {
             }
             break
         }
+        return max - budget
     }
 
     /// Records the hash of each page as sent (pages may straddle reads).

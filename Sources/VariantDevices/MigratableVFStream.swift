@@ -1,3 +1,4 @@
+import CVFIOUserShim
 import PCICore
 import VFIOUserProtocol
 
@@ -52,16 +53,15 @@ public struct XXH64: Sendable {
             v3 = Self.round(v3, UInt64(littleEndian: c)); v4 = Self.round(v4, UInt64(littleEndian: d))
             buffered = 0
         }
-        var a = v1, b = v2, c = v3, d = v4
-        while n >= 32 {
-            a = Self.round(a, UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
-            b = Self.round(b, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
-            c = Self.round(c, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)))
-            d = Self.round(d, UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self)))
-            p += 32
-            n -= 32
+        if n >= 32 {
+            var acc = (v1, v2, v3, v4)
+            let done = withUnsafeMutableBytes(of: &acc) { raw in
+                vfu_xxh64_stripes(raw.baseAddress!.assumingMemoryBound(to: UInt64.self), p, n)
+            }
+            (v1, v2, v3, v4) = acc
+            p += done
+            n -= done
         }
-        v1 = a; v2 = b; v3 = c; v4 = d
         if n > 0 {
             withUnsafeMutableBytes(of: &buffer) { bb in bb.baseAddress!.copyMemory(from: p, byteCount: n) }
             buffered = n
@@ -184,6 +184,13 @@ public protocol MigrationStreamConsumer: AnyObject {
     func ramRangeValid(offset: UInt64, length: UInt64) -> Bool
     /// Any other record, after its checksum passed.
     func record(_ tag: MigrationRecord.Tag, _ payload: [UInt8]) -> MigrationStreamError?
+    /// Where RAM `offset..<offset+length` lives, so a RAM record's payload can be read
+    /// straight into place; nil sends those bytes through `ram(offset:_:)`.
+    func ramBuffer(offset: UInt64, length: Int) -> UnsafeMutableRawBufferPointer?
+}
+
+extension MigrationStreamConsumer {
+    public func ramBuffer(offset: UInt64, length: Int) -> UnsafeMutableRawBufferPointer? { nil }
 }
 
 /// Parses a stream incrementally, in chunks of any size. The first error sticks:
@@ -278,6 +285,47 @@ public final class MigrationStreamLoader {
 
     public func write(_ data: ArraySlice<UInt8>) {
         data.withUnsafeBytes { write($0) }
+    }
+
+    /// Where up to `max` of the next stream bytes may be read straight into their
+    /// final place (the payload of a RAM record), or nil if they must go through
+    /// `write`. After reading into it, call `commitDirect` with the count.
+    public func directTarget(max: Int) -> UnsafeMutableRawBufferPointer? {
+        guard error == nil, phase == .payload, tag == MigrationRecord.Tag.ram.rawValue, remaining > 0, max > 0 else { return nil }
+        return consumer.ramBuffer(offset: ramOffset, length: Int(min(UInt64(max), remaining)))
+    }
+
+    /// How many bytes to read through `write` before asking for a `directTarget`
+    /// again: exactly what is left of the framing in front of the next payload, so a
+    /// read never swallows RAM data that could have gone straight into place.
+    public var indirectReadLimit: Int? {
+        switch phase {
+        case .header: return MigrationRecord.headerSize - small.count
+        case .ramOffset: return 8 - small.count
+        case .trailer: return 8 - trailer.count
+        case .payload: return tag == MigrationRecord.Tag.ram.rawValue ? nil : Int(clamping: remaining)
+        case .done: return nil
+        }
+    }
+
+    /// Accounts for `count` bytes read into the last `directTarget`: checksums them
+    /// (still in cache) and moves on, exactly as `write` would have.
+    public func commitDirect(_ bytes: UnsafeRawBufferPointer) {
+        guard error == nil, phase == .payload, UInt64(bytes.count) <= remaining else {
+            fail(.EBADMSG, "direct RAM data out of step with the stream")
+            return
+        }
+        var q = 0
+        while q < bytes.count {
+            let n = min(64 << 10, bytes.count - q)
+            hasher.update(UnsafeRawBufferPointer(rebasing: bytes[q..<(q + n)]))
+            q += n
+        }
+        ramOffset += UInt64(bytes.count)
+        ramBytes += UInt64(bytes.count)
+        bytesSeen += UInt64(bytes.count)
+        remaining -= UInt64(bytes.count)
+        if remaining == 0 { phase = .trailer }
     }
 
     private func startRecord() {

@@ -182,6 +182,13 @@ struct MigrateCommand: ParsableCommand {
         var fds: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0 else { throw ValidationError("socketpair failed") }
         let (w, r) = (fds[0], fds[1])
+        // The same socket buffers the direct migration path asks for, so the two
+        // transfers differ only in what the migration does on top.
+        var bufferSize: Int32 = 8 << 20
+        for fd in [w, r] {
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufferSize, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufferSize, socklen_t(MemoryLayout<Int32>.size))
+        }
         let dst = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096)
         defer { dst.deallocate(); close(r) }
         memset(dst, 0, count)   // fault the pages in first, as the device RAM already is

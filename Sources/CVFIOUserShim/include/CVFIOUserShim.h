@@ -45,4 +45,10 @@ int vfu_poll_readable(int fd, int timeout_ms);
 long vfu_gettid(void);
 /// Names the calling thread (visible in top/gdb); truncated to 15 bytes.
 void vfu_set_thread_name(const char *name);
+
+/// XXH64's bulk loop: consumes whole 32-byte stripes of p[0..<n] into the four
+/// accumulators and returns how many bytes it consumed (n rounded down to 32).
+/// In C because it runs at memory speed there (about twice the Swift loop's rate),
+/// and a migration checksums every byte of device memory on both ends.
+size_t vfu_xxh64_stripes(uint64_t acc[4], const void *p, size_t n);
 #endif
