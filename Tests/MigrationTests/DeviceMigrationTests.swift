@@ -185,7 +185,9 @@ import VFIOUserTransport
 
     /// Two servers, a device under continuous load, a VMM that migrates guest RAM with
     /// the dirty log: registers, RAM and ring progress identical; work continues there.
-    @Test func liveMigrationUnderLoad() throws {
+    /// Over messages relayed by the client, and over the direct (mig-data-fd) path.
+    @Test(arguments: [false, true])
+    func liveMigrationUnderLoad(direct: Bool) throws {
         let ramKiB = 2048
         let a = try VF.serve(ramKiB: ramKiB)
         let b = try VF.serve(ramKiB: ramKiB)
@@ -199,7 +201,9 @@ import VFIOUserTransport
         let (_, bar) = try ga.client.mapRegion(2)
         bar.write(at: 0x1234, Array("written through mmap".utf8))
 
-        let ctlA = try a.client(maxXfer: 256 << 10), ctlB = try b.client(maxXfer: 256 << 10)
+        let caps = VersionCapabilities(maxMsgFDs: 16, maxDataXferSize: 256 << 10, pgsizes: 4096, maxDMAMaps: 65535,
+                                       extensions: direct ? ["mig-data-fd": "1"] : nil)
+        let ctlA = try VFIOUserClient(path: a.path, capabilities: caps), ctlB = try VFIOUserClient(path: b.path, capabilities: caps)
         // Guest RAM: the VMM's job. Everything once, then what the device and the CPU dirtied.
         try ctlA.startDirtyLogging(pageSize: 4096, ranges: [DMALoggingRange(iova: Guest.iova, length: UInt64(Guest.memSize))])
         gb.memory.write(at: 0, ga.memory.read(at: 0, count: Guest.memSize))
@@ -230,6 +234,7 @@ import VFIOUserTransport
             checked = true
         }
         let report = try m.run()
+        #expect(report.directDataPath == direct)
         #expect(checked)
         #expect(report.preCopyRounds >= 1 && report.preCopyBytes >= UInt64(ramKiB * 1024))
         #expect(report.stopCopyBytes > 0 && report.downtimeSeconds > 0 && progressCalls > 0)
