@@ -45,19 +45,14 @@ final class IRQFDWatcher: Sendable {
         if let w = wake { EventFD.signal(w.rawValue) }
     }
 
-    func removeAll(owner: SessionID) {
-        state.withLock { s in
-            for (k, v) in s.fds where v.owner == owner {
-                v.fd.close()
-                s.fds[k] = nil
-            }
-        }
-        if let w = wake { EventFD.signal(w.rawValue) }
-    }
+    func removeAll(owner: SessionID) { removeAll { _, o in o == owner } }
 
-    func removeAll(index: Int) {
+    func removeAll(index: Int) { removeAll { k, _ in k.index == index } }
+
+    /// Closes and forgets every fd whose key and owner match.
+    private func removeAll(where match: (Key, SessionID) -> Bool) {
         state.withLock { s in
-            for (k, v) in s.fds where k.index == index {
+            for (k, v) in s.fds where match(k, v.owner) {
                 v.fd.close()
                 s.fds[k] = nil
             }
