@@ -35,7 +35,9 @@ final class IRQFDWatcher: Sendable {
     /// Binds (or with nil, unbinds) the fd that triggers `key`.
     func set(_ key: Key, fd: OwnedFD?, owner: SessionID) {
         let start: Bool = state.withLock { s in
-            s.fds[key]?.fd.close()
+            // No explicit close: the poll loop may hold this fd in its snapshot, and
+            // OwnedFD closes it when the last reference goes (never while polled, so
+            // the number cannot be reused under the poll).
             s.fds[key] = fd.map { ($0, owner) }
             if s.started || fd == nil { return false }
             s.started = true
@@ -52,10 +54,7 @@ final class IRQFDWatcher: Sendable {
     /// Closes and forgets every fd whose key and owner match.
     private func removeAll(where match: (Key, SessionID) -> Bool) {
         state.withLock { s in
-            for (k, v) in s.fds where match(k, v.owner) {
-                v.fd.close()
-                s.fds[k] = nil
-            }
+            for (k, v) in s.fds where match(k, v.owner) { s.fds[k] = nil }
         }
         if let w = wake { EventFD.signal(w.rawValue) }
     }
@@ -64,7 +63,6 @@ final class IRQFDWatcher: Sendable {
     func stop() {
         state.withLock { s in
             s.stopped = true
-            for v in s.fds.values { v.fd.close() }
             s.fds.removeAll()
         }
         if let w = wake { EventFD.signal(w.rawValue) }
