@@ -9,10 +9,15 @@ import VFIOUserTransport
 /// A DMA_MAP larger than the file behind its fd would let a device access raise
 /// SIGBUS in the server; it must be refused up front.
 @Suite struct DMABoundsTests {
-    @Test func aMapBeyondTheEndOfItsFileIsRefused() throws {
-        var c = PCIDeviceConfiguration(name: "dma-bounds", identity: PCIIdentity(vendor: 0x1b36, device: 0x98))
+    /// The smallest device that can do DMA: one register BAR.
+    static func oneBAR(_ name: String) -> PCIDeviceConfiguration {
+        var c = PCIDeviceConfiguration(name: name, identity: PCIIdentity(vendor: 0x1b36, device: 0x98))
         c.bars = [BARDescriptor(index: 0, size: 4096)]
-        let s = try InProcessServer(configuration: c, tag: "dmab")
+        return c
+    }
+
+    @Test func aMapBeyondTheEndOfItsFileIsRefused() throws {
+        let s = try InProcessServer(configuration: Self.oneBAR("dma-bounds"), tag: "dmab")
         defer { s.stop() }
         let device = s.device
         let client = try s.client()
@@ -33,9 +38,7 @@ import VFIOUserTransport
     }
 
     @Test func oneClientCannotUnmapAnothersMemory() throws {
-        var c = PCIDeviceConfiguration(name: "dma-owner", identity: PCIIdentity(vendor: 0x1b36, device: 0x97))
-        c.bars = [BARDescriptor(index: 0, size: 4096)]
-        let s = try InProcessServer(configuration: c, tag: "dmao")
+        let s = try InProcessServer(configuration: Self.oneBAR("dma-owner"), tag: "dmao")
         defer { s.stop() }
         let device = s.device
         let a = try s.client()
