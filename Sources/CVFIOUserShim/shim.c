@@ -169,3 +169,67 @@ size_t vfu_xxh64_stripes(uint64_t acc[4], const void *p, size_t n) {
     acc[0] = v1; acc[1] = v2; acc[2] = v3; acc[3] = v4;
     return i;
 }
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/uio.h>
+#include <time.h>
+
+int vfu_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+void vfu_pipe_grow(int fd, int size) { (void)fcntl(fd, F_SETPIPE_SZ, size); }
+
+ssize_t vfu_splice_out(int fd, int pipe_r, int pipe_w, const void *buf, size_t len) {
+    size_t done = 0;
+    while (done < len) {
+        struct iovec v = { (char *)buf + done, len - done };
+        ssize_t in = vmsplice(pipe_w, &v, 1, 0);
+        if (in < 0) {
+            if (errno == EINTR) continue;
+            return done > 0 ? (ssize_t)done : -1;
+        }
+        // Everything in the pipe goes out before the next vmsplice, so the pipe is
+        // empty whenever we return: a caller that falls back to copying after a
+        // failure never leaves stale pages behind.
+        size_t left = (size_t)in;
+        while (left > 0) {
+            ssize_t out = splice(pipe_r, NULL, fd, NULL, left, SPLICE_F_MOVE);
+            if (out < 0 && errno == EINTR) continue;
+            if (out <= 0) {
+                int e = out < 0 ? errno : EPIPE;
+                // Drain what the pipe still holds; the caller decides what to do.
+                char sink[4096];
+                while (left > 0) {
+                    ssize_t r = read(pipe_r, sink, left < sizeof sink ? left : sizeof sink);
+                    if (r <= 0) break;
+                    left -= (size_t)r;
+                }
+                errno = e;
+                return done > 0 ? (ssize_t)done : -1;
+            }
+            left -= (size_t)out;
+            done += (size_t)out;
+        }
+    }
+    return (ssize_t)done;
+}
+
+int vfu_block_sigpipe(void) {
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    return sigismember(&old, SIGPIPE);
+}
+
+void vfu_restore_sigpipe(int was_blocked) {
+    if (was_blocked) return;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    // A SIGPIPE raised meanwhile (a splice or write to a closed peer) is pending on
+    // this thread: take it before unblocking, or it would kill the process.
+    struct timespec zero = { 0, 0 };
+    while (sigtimedwait(&set, NULL, &zero) == SIGPIPE) {}
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}

@@ -15,7 +15,7 @@ public protocol MigrationHandler: AnyObject, Sendable {
     /// pieces that may point into device memory (no copy). `sink` consumes each piece
     /// before returning, or returns false to stop. Returns the bytes handed out; 0 means
     /// no more now. The default goes through `readStateData(into:max:)`.
-    func readStateData(max: Int, to sink: (UnsafeRawBufferPointer) -> Bool) throws(VFIOErrno) -> Int
+    func readStateData(max: Int, to sink: (MigrationDataPiece) -> Bool) throws(VFIOErrno) -> Int
     /// Takes incoming stream bytes while RESUMING.
     func writeStateData(_ data: ArraySlice<UInt8>) throws(VFIOErrno)
     /// Loading fast path: where up to `max` of the next incoming bytes may be read
@@ -45,16 +45,32 @@ extension MigrationHandler {
     public func directWriteTarget(max: Int) -> UnsafeMutableRawBufferPointer? { nil }
     public func directWriteCommitted(_ bytes: UnsafeRawBufferPointer) throws(VFIOErrno) { throw .EINVAL }
     public func indirectWriteLimit() -> Int? { nil }
-    public func readStateData(max: Int, to sink: (UnsafeRawBufferPointer) -> Bool) throws(VFIOErrno) -> Int {
+    public func readStateData(max: Int, to sink: (MigrationDataPiece) -> Bool) throws(VFIOErrno) -> Int {
         var buf = [UInt8]()
         try readStateData(into: &buf, max: max)
         if buf.isEmpty { return 0 }
-        return buf.withUnsafeBytes { sink($0) } ? buf.count : 0
+        return buf.withUnsafeBytes { sink(MigrationDataPiece($0)) } ? buf.count : 0
     }
     public func stopCopySize() -> UInt64 { let p = pendingBytes(); return p.initial + p.dirty }
     public func deviceReset() {}
     public func didEnter(_ state: MigrationState) {}
     public var failureReason: String? { nil }
+}
+
+/// A piece of the outgoing migration stream, as a handler hands it to the core.
+public struct MigrationDataPiece {
+    public var bytes: UnsafeRawBufferPointer
+    /// The bytes are device memory that will not change before the stream has been
+    /// read to its end (memory of a stopped device, in STOP_COPY), so the core may hand
+    /// the kernel references to its pages instead of copying them (vmsplice). A buffer
+    /// the handler reuses, or memory a running device writes, is never stable: the
+    /// reader would see it as it is when it reads, not as it was when it was handed out.
+    public var isStable: Bool
+
+    public init(_ bytes: UnsafeRawBufferPointer, isStable: Bool = false) {
+        self.bytes = bytes
+        self.isStable = isStable
+    }
 }
 
 extension VFIOErrno {

@@ -15,6 +15,9 @@ public struct ServerOptions: Sendable {
     public var clientReplyTimeoutMs = 5000
     /// Extensions we offer to clients that ask (see docs/protocol-extensions.md).
     public var extensions: [String: String] = ["device-info-caps": "1", "mig-data-fd": "1"]
+    /// Over `mig-data-fd`, send a stopped device's memory by reference (vmsplice and
+    /// splice) instead of copying it. Off: every byte is copied, as through a socket.
+    public var migrationZeroCopy = true
 
     public init() {}
 

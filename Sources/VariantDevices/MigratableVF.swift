@@ -104,8 +104,6 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
     public static let maxRAM: UInt64 = 1 << 30
     public static let descriptorSize = 32
     public static let maxTransfer = 1 << 20
-    public static let streamMajor: UInt16 = 1
-    public static let streamMinor: UInt16 = 0
 
     public enum Register: Int {
         case magic = 0x00, version = 0x04, control = 0x08, status = 0x0C, ringLow = 0x10, ringHigh = 0x14
@@ -184,9 +182,9 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
     public var registers: [UInt32] { device.lock.withLock { regs } }
     public func register(_ r: Register) -> UInt32 { device.lock.withLock { reg(r) } }
 
-    /// XXH64 of the whole RAM BAR.
+    /// XXH3 of the whole RAM BAR.
     public func ramDigest() -> UInt64 {
-        device.lock.withLock { XXH64.hash(UnsafeRawBufferPointer(start: ram.mapping.base, count: ram.size)) }
+        device.lock.withLock { XXH3.hash(UnsafeRawBufferPointer(start: ram.mapping.base, count: ram.size)) }
     }
 
     // MARK: Registers
@@ -378,7 +376,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         save.read(into: &out, max: max)
     }
 
-    public func readStateData(max: Int, to sink: (UnsafeRawBufferPointer) -> Bool) throws(VFIOErrno) -> Int {
+    public func readStateData(max: Int, to sink: (MigrationDataPiece) -> Bool) throws(VFIOErrno) -> Int {
         guard let save else { throw .EINVAL }
         return save.produce(max: max, sink)
     }
@@ -419,7 +417,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
     /// BEGIN payload: format version, device kind and identity, RAM size, layout.
     func beginPayload() -> [UInt8] {
         var w = WireWriter(capacity: 64)
-        w.u16(Self.streamMajor); w.u16(Self.streamMinor)
+        w.u16(MigrationRecord.formatMajor); w.u16(MigrationRecord.formatMinor)
         let k = Array(kind.utf8)
         w.u16(UInt16(k.count)); w.append(k)
         let id = device.configuration.identity
@@ -440,8 +438,8 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
     public func begin(_ payload: [UInt8]) -> MigrationStreamError? {
         var r = WireReader(payload)
         guard let major = try? r.u16(), let minor = try? r.u16() else { return MigrationStreamError(.EBADMSG, "BEGIN record too short") }
-        guard major == Self.streamMajor else {
-            return MigrationStreamError(.EPROTO, "stream format \(major).\(minor) is not supported (this device reads \(Self.streamMajor).x)")
+        guard major == MigrationRecord.formatMajor else {
+            return MigrationStreamError(.EPROTO, "stream format \(major).\(minor) is not supported (this device reads \(MigrationRecord.formatMajor).x)")
         }
         guard let n = try? r.u16(), let k = try? r.bytes(Int(n)), let v = try? r.u16(), let d = try? r.u16(),
               let sv = try? r.u16(), let ss = try? r.u16(), let size = try? r.u64(), let ps = try? r.u32(),

@@ -7,7 +7,7 @@ import VFIOUserTransport
 /// One save session: the outgoing stream, produced lazily as the client reads.
 ///
 /// RAM tracking (docs/migration.md, "Dirty RAM"): the client writes the RAM BAR
-/// through its own mmap, which we cannot observe, so PRE_COPY remembers an XXH64
+/// through its own mmap, which we cannot observe, so PRE_COPY remembers an XXH3
 /// (seeded per session) of every page as it was sent, and each new round — started
 /// by a PRECOPY_INFO query once the queue is empty — rehashes the RAM and queues the
 /// pages whose hash changed. STOP_COPY after PRE_COPY does a last rehash with the
@@ -19,7 +19,7 @@ final class SaveSession {
     let pages: Int
     let seed: UInt64
     private var seq: UInt32 = 0
-    private var chain = XXH64()
+    private var chain = XXH3()
     private(set) var emitted: UInt64 = 0
     private var out: [UInt8] = []          // a built record not yet fully read
     private var outPos = 0
@@ -36,10 +36,14 @@ final class SaveSession {
     // The RAM record being emitted.
     private var ramCursor = 0               // byte offset into RAM of the next data byte
     private var ramLeft = 0                 // data bytes left in the record
-    private var recordHash = XXH64()
-    private var pageHash = XXH64()
+    private var recordHash = XXH3()
+    private let pageHasher: XXH3.Seeded
+    private var pageHash: XXH3        // a page that straddles two reads
     private var scratch: [UInt8] = []
     static let runPages = 256
+    /// RAM goes out in pieces this big, each checksummed and sent while it is still in
+    /// the L2 cache: smaller pieces cost a syscall each, larger ones a trip to memory.
+    static let pieceSize = 256 << 10
 
     init(model: MigratableVF, preCopy: Bool) {
         self.model = model
@@ -47,6 +51,8 @@ final class SaveSession {
         pageSize = model.pageSize
         pages = model.pageCount
         seed = UInt64.random(in: 1...UInt64.max)
+        pageHasher = XXH3.Seeded(seed: seed)
+        pageHash = XXH3(seed: seed)
         queued = [Bool](repeating: true, count: pages)
         queuedCount = pages
         sentHash = preCopy ? [UInt64](repeating: 0, count: pages) : []
@@ -79,7 +85,7 @@ final class SaveSession {
     private func rescan() {
         let base = model.ram.mapping.base
         for p in 0..<pages where sent[p] && !queued[p] {
-            let h = XXH64.hash(UnsafeRawBufferPointer(start: base + p * pageSize, count: pageSize), seed: seed)
+            let h = pageHasher.hash(UnsafeRawBufferPointer(start: base + p * pageSize, count: pageSize))
             if h != sentHash[p] {
                 queued[p] = true
                 queuedCount += 1
@@ -116,45 +122,46 @@ final class SaveSession {
 
     func read(into dst: inout [UInt8], max: Int) {
         produce(max: max) { piece in
-            dst.append(contentsOf: piece)
+            dst.append(contentsOf: piece.bytes)
             return true
         }
     }
 
     /// Hands out up to `max` bytes of the stream, in order, as pieces: framing from
     /// our own buffer, RAM straight from the BAR mapping (checksummed there, with no
-    /// copy). `sink` must consume each piece before returning; false stops early.
-    /// Returns the bytes handed out.
+    /// copy; stable once the device is stopped). `sink` must consume each piece before
+    /// returning; false stops early. Returns the bytes handed out.
     @discardableResult
-    func produce(max: Int, _ sink: (UnsafeRawBufferPointer) -> Bool) -> Int {
+    func produce(max: Int, _ sink: (MigrationDataPiece) -> Bool) -> Int {
         var budget = max
         let base = model.ram.mapping.base
         while budget > 0 {
             if outPos < out.count {
                 let n = min(budget, out.count - outPos)
-                let ok = out.withUnsafeBytes { sink(UnsafeRawBufferPointer(rebasing: $0[outPos..<(outPos + n)])) }
+                let ok = out.withUnsafeBytes { sink(MigrationDataPiece(UnsafeRawBufferPointer(rebasing: $0[outPos..<(outPos + n)]))) }
                 guard ok else { break }
                 outPos += n; budget -= n; emitted += UInt64(n)
                 continue
             }
             if ramLeft > 0 {
-                // 64 KiB pieces, each hashed and sent while it is still in cache. While the
-                // device runs (PRE_COPY) the RAM may change under us, so the piece is copied
-                // first and the copy is what is hashed and sent; once stopped (STOP_COPY) it
-                // goes straight from the mapping.
-                let n = min(budget, ramLeft, 64 << 10)
+                // Pieces hashed and sent while still in cache. While the device runs
+                // (PRE_COPY) the RAM may change under us, so the piece is copied first and
+                // the copy is what is hashed and sent. Once stopped (STOP_COPY) it goes
+                // straight from the mapping, and is hashed after the sink has read it (a
+                // copying sink leaves it in cache; a zero-copy one never reads it at all).
+                let n = min(budget, ramLeft, Self.pieceSize)
                 let live = UnsafeRawBufferPointer(start: base + ramCursor, count: n)
                 let ok: Bool
                 if final {
-                    recordHash.update(live)
-                    ok = sink(live)
+                    ok = sink(MigrationDataPiece(live, isStable: true))
+                    if ok { recordHash.update(live) }
                 } else {
                     scratch.removeAll(keepingCapacity: true)
                     scratch.append(contentsOf: live)
                     ok = scratch.withUnsafeBytes { piece in
                         recordHash.update(piece)
                         if preCopy { trackPages(piece) }
-                        return sink(piece)
+                        return sink(MigrationDataPiece(piece))
                     }
                 }
                 guard ok else { break }
@@ -176,13 +183,13 @@ final class SaveSession {
                 var off = [UInt8](repeating: 0, count: 8)
                 off.setLE64(UInt64(run.first * pageSize), at: 0)
                 h.append(contentsOf: off)
-                recordHash = XXH64()
+                recordHash = XXH3()
                 recordHash.update(h)
                 out = h
                 outPos = 0
                 ramCursor = run.first * pageSize
                 ramLeft = length
-                pageHash = XXH64(seed: seed)
+                pageHash = XXH3(seed: seed)
                 continue
             }
             if initialPass { initialPass = false }
@@ -207,7 +214,8 @@ final class SaveSession {
         return max - budget
     }
 
-    /// Records the hash of each page as sent (pages may straddle reads).
+    /// Records the hash of each page as sent. A page inside the piece is hashed in one
+    /// shot; one that straddles two reads goes through the streaming hash.
     private func trackPages(_ piece: UnsafeRawBufferPointer) {
         var at = 0
         // ramCursor has not advanced yet: the piece starts at ramCursor.
@@ -215,13 +223,19 @@ final class SaveSession {
         while at < piece.count {
             let inPage = pos % pageSize
             let n = min(pageSize - inPage, piece.count - at)
-            pageHash.update(UnsafeRawBufferPointer(rebasing: piece[at..<(at + n)]))
+            let part = UnsafeRawBufferPointer(rebasing: piece[at..<(at + n)])
             at += n; pos += n
+            if inPage == 0 && n == pageSize {
+                sentHash[pos / pageSize - 1] = pageHasher.hash(part)
+                sent[pos / pageSize - 1] = true
+                continue
+            }
+            pageHash.update(part)
             if pos % pageSize == 0 {
                 let p = pos / pageSize - 1
                 sentHash[p] = pageHash.digest()
                 sent[p] = true
-                pageHash = XXH64(seed: seed)
+                pageHash = XXH3(seed: seed)
             }
         }
     }

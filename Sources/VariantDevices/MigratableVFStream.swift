@@ -3,127 +3,16 @@ import PCICore
 import VFIOUserProtocol
 
 // The migration stream of our migratable devices (docs/migration.md): framed,
-// versioned, checksummed records. This file has the checksum (XXH64), the record
-// framing and the incremental loader; MigratableVF.swift decides what goes in.
-
-/// XXH64 (xxHash, 64-bit), streaming. Fast enough to checksum device memory at
-/// memory speed, which a migration stream of up to 1 GiB needs.
-public struct XXH64: Sendable {
-    static let p1: UInt64 = 0x9E37_79B1_85EB_CA87
-    static let p2: UInt64 = 0xC2B2_AE3D_27D4_EB4F
-    static let p3: UInt64 = 0x1656_67B1_9E37_79F9
-    static let p4: UInt64 = 0x85EB_CA77_C2B2_AE63
-    static let p5: UInt64 = 0x27D4_EB2F_1656_67C5
-
-    private var v1, v2, v3, v4: UInt64
-    private let seed: UInt64
-    private var total: UInt64 = 0
-    private var buffer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-    private var buffered = 0
-
-    public init(seed: UInt64 = 0) {
-        self.seed = seed
-        v1 = seed &+ Self.p1 &+ Self.p2
-        v2 = seed &+ Self.p2
-        v3 = seed
-        v4 = seed &- Self.p1
-    }
-
-    @inline(__always) static func rotl(_ x: UInt64, _ r: UInt64) -> UInt64 { (x << r) | (x >> (64 - r)) }
-    @inline(__always) static func round(_ acc: UInt64, _ input: UInt64) -> UInt64 {
-        rotl(acc &+ input &* p2, 31) &* p1
-    }
-    @inline(__always) static func merge(_ acc: UInt64, _ v: UInt64) -> UInt64 {
-        (acc ^ round(0, v)) &* p1 &+ p4
-    }
-
-    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
-        guard var p = bytes.baseAddress, bytes.count > 0 else { return }
-        var n = bytes.count
-        total &+= UInt64(n)
-        if buffered > 0 {
-            let take = min(32 - buffered, n)
-            withUnsafeMutableBytes(of: &buffer) { b in (b.baseAddress! + buffered).copyMemory(from: p, byteCount: take) }
-            buffered += take
-            p += take
-            n -= take
-            if buffered < 32 { return }
-            let (a, b, c, d) = buffer
-            v1 = Self.round(v1, UInt64(littleEndian: a)); v2 = Self.round(v2, UInt64(littleEndian: b))
-            v3 = Self.round(v3, UInt64(littleEndian: c)); v4 = Self.round(v4, UInt64(littleEndian: d))
-            buffered = 0
-        }
-        if n >= 32 {
-            var acc = (v1, v2, v3, v4)
-            let done = withUnsafeMutableBytes(of: &acc) { raw in
-                vfu_xxh64_stripes(raw.baseAddress!.assumingMemoryBound(to: UInt64.self), p, n)
-            }
-            (v1, v2, v3, v4) = acc
-            p += done
-            n -= done
-        }
-        if n > 0 {
-            withUnsafeMutableBytes(of: &buffer) { bb in bb.baseAddress!.copyMemory(from: p, byteCount: n) }
-            buffered = n
-        }
-    }
-
-    public mutating func update<C: Collection>(_ bytes: C) where C.Element == UInt8 {
-        if let done: Void = bytes.withContiguousStorageIfAvailable({ update(UnsafeRawBufferPointer($0)) }) { return done }
-        let a = Array(bytes)
-        a.withUnsafeBytes { update($0) }
-    }
-
-    public func digest() -> UInt64 {
-        var h: UInt64
-        if total >= 32 {
-            h = Self.rotl(v1, 1) &+ Self.rotl(v2, 7) &+ Self.rotl(v3, 12) &+ Self.rotl(v4, 18)
-            h = Self.merge(h, v1); h = Self.merge(h, v2); h = Self.merge(h, v3); h = Self.merge(h, v4)
-        } else {
-            h = seed &+ Self.p5
-        }
-        h &+= total
-        var buf = buffer
-        withUnsafeBytes(of: &buf) { raw in
-            var p = raw.baseAddress!
-            var n = buffered
-            while n >= 8 {
-                h ^= Self.round(0, UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)))
-                h = Self.rotl(h, 27) &* Self.p1 &+ Self.p4
-                p += 8; n -= 8
-            }
-            if n >= 4 {
-                h ^= UInt64(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self))) &* Self.p1
-                h = Self.rotl(h, 23) &* Self.p2 &+ Self.p3
-                p += 4; n -= 4
-            }
-            while n > 0 {
-                h ^= UInt64(p.load(as: UInt8.self)) &* Self.p5
-                h = Self.rotl(h, 11) &* Self.p1
-                p += 1; n -= 1
-            }
-        }
-        h ^= h >> 33; h &*= Self.p2; h ^= h >> 29; h &*= Self.p3; h ^= h >> 32
-        return h
-    }
-
-    public static func hash<C: Collection>(_ bytes: C, seed: UInt64 = 0) -> UInt64 where C.Element == UInt8 {
-        var x = XXH64(seed: seed)
-        x.update(bytes)
-        return x.digest()
-    }
-
-    public static func hash(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
-        var x = XXH64(seed: seed)
-        x.update(bytes)
-        return x.digest()
-    }
-}
+// versioned, checksummed records. This file has the record framing and the
+// incremental loader; Checksums.swift the hashes, MigratableVF.swift what goes in.
 
 /// Record framing (docs/migration.md, "Stream format").
 public enum MigrationRecord {
     /// "VFUR" little-endian.
     public static let magic: UInt32 = 0x5255_4656
+    /// The stream format this build writes and reads. 2: XXH3 checksums (1 had XXH64).
+    public static let formatMajor: UInt16 = 2
+    public static let formatMinor: UInt16 = 0
     public static let headerSize = 24
     public static let trailerSize = 8
     public static let optionalFlag: UInt16 = 1
@@ -147,15 +36,15 @@ public enum MigrationRecord {
         h.setLE16(flags, at: 6)
         h.setLE64(length, at: 8)
         h.setLE32(seq, at: 16)
-        h.setLE32(UInt32(truncatingIfNeeded: XXH64.hash(h[0..<20])), at: 20)
+        h.setLE32(UInt32(truncatingIfNeeded: XXH3.hash(h[0..<20])), at: 20)
         return h
     }
 
-    /// A whole small record: header, payload, trailer (XXH64 of header and payload).
+    /// A whole small record: header, payload, trailer (XXH3 of header and payload).
     public static func encode(tag: Tag, flags: UInt16 = 0, payload: [UInt8], seq: UInt32) -> (bytes: [UInt8], checksum: UInt64) {
         var out = header(tag: tag.rawValue, flags: flags, length: UInt64(payload.count), seq: seq)
         out.append(contentsOf: payload)
-        let sum = XXH64.hash(out)
+        let sum = XXH3.hash(out)
         var t = [UInt8](repeating: 0, count: 8)
         t.setLE64(sum, at: 0)
         out.append(contentsOf: t)
@@ -204,8 +93,8 @@ public final class MigrationStreamLoader {
     private var flags: UInt16 = 0
     private var remaining: UInt64 = 0         // payload bytes still to come
     private var ramOffset: UInt64 = 0
-    private var hasher = XXH64()
-    private var chain = XXH64()
+    private var hasher = XXH3()
+    private var chain = XXH3()
     private var seq: UInt32 = 0
     private var bytesBeforeRecord: UInt64 = 0
     public private(set) var bytesSeen: UInt64 = 0
@@ -315,12 +204,7 @@ public final class MigrationStreamLoader {
             fail(.EBADMSG, "direct RAM data out of step with the stream")
             return
         }
-        var q = 0
-        while q < bytes.count {
-            let n = min(64 << 10, bytes.count - q)
-            hasher.update(UnsafeRawBufferPointer(rebasing: bytes[q..<(q + n)]))
-            q += n
-        }
+        hasher.update(bytes)
         ramOffset += UInt64(bytes.count)
         ramBytes += UInt64(bytes.count)
         bytesSeen += UInt64(bytes.count)
@@ -336,8 +220,14 @@ public final class MigrationStreamLoader {
             if seq == 0 { fail(.EPROTO, "not a vfu migration stream (bad magic)") } else { fail(.EBADMSG, "record header corrupted (bad magic)") }
             return
         }
-        guard h.le32(at: 20) == UInt32(truncatingIfNeeded: XXH64.hash(h[0..<20])) else {
-            fail(.EBADMSG, "record header corrupted (header check failed)"); return
+        guard h.le32(at: 20) == UInt32(truncatingIfNeeded: XXH3.hash(h[0..<20])) else {
+            // Format 1 checked its headers with XXH64: name it rather than call it corrupt.
+            if seq == 0 && h.le32(at: 20) == UInt32(truncatingIfNeeded: XXH64.hash(h[0..<20])) {
+                fail(.EPROTO, "stream format 1 (XXH64 checksums) is not supported (this device reads \(MigrationRecord.formatMajor).x)")
+            } else {
+                fail(.EBADMSG, "record header corrupted (header check failed)")
+            }
+            return
         }
         guard h.le32(at: 16) == seq else { fail(.EBADMSG, "record \(h.le32(at: 16)) where \(seq) was expected (reordered or lost data)"); return }
         tag = h.le16(at: 4)
@@ -348,7 +238,7 @@ public final class MigrationStreamLoader {
         if known == nil && flags & MigrationRecord.optionalFlag == 0 {
             fail(.EOPNOTSUPP, "unknown mandatory record type 0x\(String(tag, radix: 16))"); return
         }
-        hasher = XXH64()
+        hasher = XXH3()
         hasher.update(h)
         if known == .ram {
             guard remaining >= 8 else { fail(.EBADMSG, "RAM record shorter than its offset"); return }

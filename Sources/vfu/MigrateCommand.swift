@@ -164,7 +164,7 @@ struct MigrateCommand: ParsableCommand {
 
     private func digest(_ d: PCIDevice) -> UInt64 {
         guard let m = d.barMemory[2] else { return 0 }
-        return d.lock.withLock { XXH64.hash(UnsafeRawBufferPointer(start: m.mapping.base, count: m.size)) }
+        return d.lock.withLock { XXH3.hash(UnsafeRawBufferPointer(start: m.mapping.base, count: m.size)) }
     }
 
     private func fillRandom(_ p: UnsafeMutableRawPointer, _ n: Int, seed: UInt64) {
