@@ -92,7 +92,7 @@ let package = Package(
             dependencies: ["VFIOUserConformance", "VFIOUserServer", "VariantDevices", "DeviceSpecs", "PCICore",
                            "VFIOUserTransport", "VFIOUserProtocol"],
             swiftSettings: strict),
-        .testTarget(name: "MigrationTests", dependencies: ["PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices"], swiftSettings: strict),
+        .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices"], swiftSettings: strict),
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",

@@ -181,9 +181,20 @@ __attribute__((constructor)) static void detect_cpu(void) {
 
 static inline void accumulate(uint64_t acc[8], const uint8_t *in, const uint8_t *secret, size_t stripes) {
 #if defined(__x86_64__)
-    if (have_avx2) { accumulate_avx2(acc, in, secret, stripes); return; }
+    if (__atomic_load_n(&have_avx2, __ATOMIC_RELAXED)) { accumulate_avx2(acc, in, secret, stripes); return; }
 #endif
     accumulate_scalar(acc, in, secret, stripes);
+}
+
+int vfu_xxh3_simd(int enable) {
+#if defined(__x86_64__)
+    int before = __atomic_load_n(&have_avx2, __ATOMIC_RELAXED);
+    if (enable >= 0) __atomic_store_n(&have_avx2, enable && __builtin_cpu_supports("avx2"), __ATOMIC_RELAXED);
+    return before;
+#else
+    (void)enable;
+    return 0;
+#endif
 }
 
 /// Consumes `stripes` whole stripes, scrambling at every block boundary.

@@ -56,6 +56,11 @@ public struct XXH3: Sendable {
                 vfu_xxh3_64_secret(bytes.baseAddress, bytes.count, seed, $0.baseAddress!.assumingMemoryBound(to: UInt8.self))
             }
         }
+
+        public func hash<C: Collection>(_ bytes: C) -> UInt64 where C.Element == UInt8 {
+            if let h = bytes.withContiguousStorageIfAvailable({ hash(UnsafeRawBufferPointer($0)) }) { return h }
+            return Array(bytes).withUnsafeBytes { hash($0) }
+        }
     }
 }
 

@@ -14,14 +14,19 @@ struct MigrateCommand: ParsableCommand {
         commandName: "migrate",
         abstract: "Live-migrate a device between two vfio-user servers, or save/restore its state to a file.",
         discussion: """
-            --from SOCK --to SOCK: pre-copy rounds while the source keeps running, until what is
-            left falls under --threshold or --max-rounds is reached; then stop-copy, and the
-            destination validates the stream and resumes. If anything fails the source is put
-            back to RUNNING. --from SOCK --to-file F saves the same stream (the source is left
-            stopped unless --keep-running); --from-file F --to SOCK loads it. Guest RAM is the
-            VMM's business: this tool moves device state only (docs/migration.md).
-            The destination resets when its last client leaves, so keep its VMM connected.
-            --bench measures stop-copy of a --bench-size device between two in-process servers
+            --from SOCK --to SOCK: pre-copy rounds while the source keeps running, until what is \
+            left falls under --threshold or --max-rounds is reached; then stop-copy, and the \
+            destination validates the stream and resumes. If anything fails the source is put \
+            back to RUNNING.
+
+            --from SOCK --to-file F saves the same stream (the source is left stopped unless \
+            --keep-running); --from-file F --to SOCK loads it.
+
+            Guest RAM is the VMM's business: this tool moves device state only \
+            (docs/migration.md). The destination resets when its last client leaves, so keep \
+            its VMM connected.
+
+            --bench measures stop-copy of a --bench-size device between two in-process servers \
             against a plain copy of the same bytes over a Unix socket.
             """)
 
@@ -40,6 +45,8 @@ struct MigrateCommand: ParsableCommand {
     var relay = false
     @Option(name: .customLong("bench-size"), help: "Device RAM for --bench, in MiB (≤ 1024).") var benchSize: Int = 256
     @Option(help: "Benchmark runs (the median is reported).") var runs: Int = 3
+    @Flag(help: "With --bench: the source copies its RAM into the stream instead of passing its pages by reference.")
+    var copy = false
 
     func validate() throws {
         if bench { return }
@@ -108,6 +115,7 @@ struct MigrateCommand: ParsableCommand {
         let driver = MigratableVFDriver()
         var options = ServerOptions()
         options.maxDataXferSize = chunk
+        options.migrationZeroCopy = !copy
         let caps = VersionCapabilities(maxMsgFDs: 16, maxDataXferSize: chunk, pgsizes: 4096, maxDMAMaps: 65535,
                                        extensions: relay ? nil : ["mig-data-fd": "1"])
         var logger = Logger(label: "vfu-bench")
@@ -150,14 +158,15 @@ struct MigrateCommand: ParsableCommand {
             }
         }
         func median(_ x: [Double]) -> Double { let s = x.sorted(); return s[s.count / 2] }
+        let pathName = relay ? "relayed" : copy ? "direct, copying" : "direct, zero-copy"
         let mm = median(migrate), pm = median(plain)
         if json {
-            print("{\"bytes\":\(bytes),\"chunk\":\(chunk),\"runs\":\(runs),\"stop_copy_ms\":\(fmt(mm * 1000)),"
+            print("{\"bytes\":\(bytes),\"chunk\":\(chunk),\"runs\":\(runs),\"path\":\"\(pathName)\",\"stop_copy_ms\":\(fmt(mm * 1000)),"
                   + "\"stop_copy_mib_s\":\(fmt(Double(bytes) / mm / 1_048_576)),\"downtime_ms\":\(fmt(median(downtime) * 1000)),"
                   + "\"plain_copy_ms\":\(fmt(pm * 1000)),\"plain_copy_mib_s\":\(fmt(Double(bytes) / pm / 1_048_576)),"
                   + "\"ratio\":\(fmt(median(ratios))),\"ratios\":[\(ratios.map(fmt).joined(separator: ","))]}")
         } else {
-            print("median: stop-copy \(fmt(mm * 1000)) ms, downtime \(fmt(median(downtime) * 1000)) ms, plain copy \(fmt(pm * 1000)) ms, "
+            print("median (\(pathName)): stop-copy \(fmt(mm * 1000)) ms, downtime \(fmt(median(downtime) * 1000)) ms, plain copy \(fmt(pm * 1000)) ms, "
                   + "ratio \(fmt(median(ratios))) (plain time / stop-copy time; target >= 0.8)")
         }
     }

@@ -27,8 +27,10 @@ import VFIOUserTransport
         return vf.device.lock.withLock { m.mapping.read(at: 0, count: m.size)! }
     }
 
-    @Test func aMigrationTakesTheDirectPathWhenBothServersOfferIt() throws {
-        let a = try VF.serve(ramKiB: 4096), b = try VF.serve(ramKiB: 4096)
+    /// With the source's RAM sent by reference (vmsplice) and with it copied.
+    @Test(arguments: [true, false])
+    func aMigrationTakesTheDirectPathWhenBothServersOfferIt(zeroCopy: Bool) throws {
+        let a = try VF.serve(ramKiB: 4096, zeroCopy: zeroCopy), b = try VF.serve(ramKiB: 4096)
         fillRAM(a, seed: 42)
         let vmmA = try a.client(), vmmB = try b.client()   // stay connected: the last client leaving resets a device
         let ca = try VFIOUserClient(path: a.path, capabilities: Self.caps)

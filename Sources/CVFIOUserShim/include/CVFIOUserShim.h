@@ -87,6 +87,9 @@ typedef struct {
 void vfu_xxh3_init(vfu_xxh3_state *s, uint64_t seed);
 void vfu_xxh3_update(vfu_xxh3_state *s, const void *data, size_t n);
 uint64_t vfu_xxh3_digest(const vfu_xxh3_state *s);
+/// Whether the SIMD loop is in use; enable 0 or 1 switches it (tests compare the two
+/// loops), -1 only asks. Both give the same hashes.
+int vfu_xxh3_simd(int enable);
 /// One shot: XXH3_64bits_withSeed.
 uint64_t vfu_xxh3_64(const void *data, size_t n, uint64_t seed);
 /// The secret XXH3 derives from a seed, for hashing many inputs with one seed.
