@@ -1,13 +1,17 @@
 #define _GNU_SOURCE
 #include "CVFIOUserShim.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 int vfu_eventfd(unsigned int initval, int nonblocking) {
@@ -16,7 +20,6 @@ int vfu_eventfd(unsigned int initval, int nonblocking) {
 
 int vfu_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING); }
 
-#include <fcntl.h>
 int vfu_memfd_seal_size(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL); }
 
 int vfu_accept_cloexec(int fd) {
@@ -138,42 +141,12 @@ int vfu_poll_readable(int fd, int timeout_ms) {
 
 long vfu_gettid(void) { return (long)syscall(SYS_gettid); }
 
-#include <pthread.h>
 void vfu_set_thread_name(const char *name) {
     char buf[16];
     strncpy(buf, name, sizeof buf - 1);
     buf[sizeof buf - 1] = 0;
     pthread_setname_np(pthread_self(), buf);
 }
-
-#define VFU_XXH_P1 0x9E3779B185EBCA87ULL
-#define VFU_XXH_P2 0xC2B2AE3D27D4EB4FULL
-static inline uint64_t vfu_xxh_round(uint64_t acc, uint64_t input) {
-    acc += input * VFU_XXH_P2;
-    acc = (acc << 31) | (acc >> 33);
-    return acc * VFU_XXH_P1;
-}
-
-size_t vfu_xxh64_stripes(uint64_t acc[4], const void *p, size_t n) {
-    const unsigned char *b = p;
-    uint64_t v1 = acc[0], v2 = acc[1], v3 = acc[2], v4 = acc[3];
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        uint64_t w[4];
-        memcpy(w, b + i, 32);  /* little-endian hosts only, as the whole protocol */
-        v1 = vfu_xxh_round(v1, w[0]);
-        v2 = vfu_xxh_round(v2, w[1]);
-        v3 = vfu_xxh_round(v3, w[2]);
-        v4 = vfu_xxh_round(v4, w[3]);
-    }
-    acc[0] = v1; acc[1] = v2; acc[2] = v3; acc[3] = v4;
-    return i;
-}
-
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/uio.h>
-#include <time.h>
 
 int vfu_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 

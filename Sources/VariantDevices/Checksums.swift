@@ -6,7 +6,7 @@ import CVFIOUserShim
 // part of the emulated device's own behaviour (the HASH descriptor, the DIGEST
 // register), which guests see and must not change.
 
-/// XXH3-64 (xxHash 0.8), streaming; the loop is in C (CVFIOUserShim/xxh3.c), with
+/// XXH3-64 (xxHash 0.8), streaming; the loop is in C (CVFIOUserShim/xxhash.c), with
 /// AVX2 when the CPU has it.
 public struct XXH3: Sendable {
     private var state = vfu_xxh3_state()

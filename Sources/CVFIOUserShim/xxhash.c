@@ -1,4 +1,6 @@
-// XXH3-64 (xxHash 0.8, Yann Collet's XXH3 specification), one-shot and streaming.
+// xxHash's bulk loops: XXH64's (the rest of XXH64 is Swift, VariantDevices/Checksums.swift)
+// and the whole of XXH3-64 (xxHash 0.8, from Yann Collet's XXH3 specification), one-shot
+// and streaming.
 //
 // The migration stream checksums every byte of device memory on both ends, so its
 // checksum has to run faster than the socket copy it rides on. XXH64 manages about
@@ -313,4 +315,27 @@ void vfu_xxh3_secret(uint8_t out[VFU_XXH3_SECRET], uint64_t seed) {
 uint64_t vfu_xxh3_64_secret(const void *data, size_t n, uint64_t seed, const uint8_t secret[VFU_XXH3_SECRET]) {
     if (n <= MIDSIZE_MAX) return hash_short(data, n, seed);
     return hash_long(data, n, secret);
+}
+
+// MARK: XXH64's loop
+
+static inline uint64_t xxh64_round(uint64_t acc, uint64_t input) {
+    acc += input * P64_2;
+    return rotl64(acc, 31) * P64_1;
+}
+
+size_t vfu_xxh64_stripes(uint64_t acc[4], const void *p, size_t n) {
+    const unsigned char *b = p;
+    uint64_t v1 = acc[0], v2 = acc[1], v3 = acc[2], v4 = acc[3];
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        uint64_t w[4];
+        memcpy(w, b + i, 32);  // little-endian hosts only
+        v1 = xxh64_round(v1, w[0]);
+        v2 = xxh64_round(v2, w[1]);
+        v3 = xxh64_round(v3, w[2]);
+        v4 = xxh64_round(v4, w[3]);
+    }
+    acc[0] = v1; acc[1] = v2; acc[2] = v3; acc[3] = v4;
+    return i;
 }
