@@ -10,9 +10,9 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measure 4-byte config-space REGION_READ round trips against a plain socket ping-pong.",
         discussion: """
-            Each run times N round trips of a 32-byte REGION_READ and its 36-byte reply
-            against the server at --socket, then N round trips of the same sizes against a
-            plain echo thread on a Unix socketpair in this process. It prints both rates
+            Each run times N round trips of a 32-byte REGION_READ and its 36-byte reply \
+            against the server at --socket, then N round trips of the same sizes against a \
+            plain echo thread on a Unix socketpair in this process. It prints both rates \
             and their ratio (server / baseline); the summary is the median over the runs.
             """)
 

@@ -8,8 +8,8 @@ struct CheckSpecCommand: ParsableCommand {
         commandName: "check-spec",
         abstract: "Validate spec files and show which variant each binds to.",
         discussion: """
-            With --effective, prints for one spec the configuration the device really has
-            once its variant has shaped it (ids, BARs, interrupts), as JSON in the spec
+            With --effective, prints for one spec the configuration the device really has \
+            once its variant has shaped it (ids, BARs, interrupts), as JSON in the spec \
             format: the end-to-end checker compares the guest's view against it.
             """)
 

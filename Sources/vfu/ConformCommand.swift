@@ -6,9 +6,10 @@ struct ConformCommand: ParsableCommand {
         commandName: "conform",
         abstract: "Check any vfio-user server against the protocol and QEMU's needs.",
         discussion: """
-            Runs negotiation, information, region, interrupt, message-handling, DMA, reset
-            and migration checks over the server's socket and prints PASS/FAIL/WARN/SKIP per
+            Runs negotiation, information, region, interrupt, message-handling, DMA, reset \
+            and migration checks over the server's socket and prints PASS/FAIL/WARN/SKIP per \
             check, then "N passed, M failed, ...". Exit status 1 if any check failed.
+
             It writes only config-space scratch fields; DMA mappings it makes are removed.
             """)
 

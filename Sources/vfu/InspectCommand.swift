@@ -7,7 +7,7 @@ struct InspectCommand: ParsableCommand {
         commandName: "inspect",
         abstract: "Show any vfio-user server's device, lspci-style.",
         discussion: """
-            --dump prints config space in `lspci -xxxx` form; save it and run
+            --dump prints config space in `lspci -xxxx` form; save it and run \
             `lspci -F FILE -vvv` to have pciutils decode it.
             """)
 

@@ -12,8 +12,9 @@ struct ServeCommand: ParsableCommand {
         commandName: "serve",
         abstract: "Serve the device a spec describes on a Unix socket.",
         discussion: """
-            The spec is validated and the device built before anything listens: a bad
+            The spec is validated and the device built before anything listens: a bad \
             spec exits with status 2 and a message naming the file, the field and the reason.
+
             SIGINT and SIGTERM stop the server and remove its socket.
             """)
 
