@@ -153,13 +153,23 @@ public struct Migrator {
                         let left = info.initial + info.dirty
                         if round > 0 && left <= threshold { break }
                         var phaseBytes: UInt64 = 0
-                        while true {
-                            let c = try s.readMigrationChunk(max: chunk)
-                            if c.isEmpty { break }
-                            try sink!.write(c, transform)
-                            moved += UInt64(c.count); phaseBytes += UInt64(c.count); report.preCopyBytes += UInt64(c.count)
+                        if useDirectPath(s), case .device(let d, _) = sink! {
+                            // The round's data through a socketpair: the source writes what
+                            // it has now, the destination reads to end of file.
+                            phaseBytes = try direct(from: s, to: d, phase: "pre-copy")
+                            moved += phaseBytes; report.preCopyBytes += phaseBytes
+                            report.directDataPath = true
                             progress?(MigrationProgress(phase: .preCopy, round: round, bytes: moved, phaseBytes: report.preCopyBytes,
                                                         remaining: left > phaseBytes ? left - phaseBytes : 0, elapsed: Self.now() - start))
+                        } else {
+                            while true {
+                                let c = try s.readMigrationChunk(max: chunk)
+                                if c.isEmpty { break }
+                                try sink!.write(c, transform)
+                                moved += UInt64(c.count); phaseBytes += UInt64(c.count); report.preCopyBytes += UInt64(c.count)
+                                progress?(MigrationProgress(phase: .preCopy, round: round, bytes: moved, phaseBytes: report.preCopyBytes,
+                                                            remaining: left > phaseBytes ? left - phaseBytes : 0, elapsed: Self.now() - start))
+                            }
                         }
                         round += 1
                         try afterPreCopyRound?(round)
@@ -176,9 +186,8 @@ public struct Migrator {
                 try s.setMigrationState(.stopCopy)
                 let tA = Self.now()
                 try whileStopped?()
-                if directDataPath, transform == nil, case .device(let d, _) = sink!,
-                   s.supportsMigrationDataFD, d.supportsMigrationDataFD {
-                    report.stopCopyBytes = try direct(from: s, to: d)
+                if useDirectPath(s), case .device(let d, _) = sink! {
+                    report.stopCopyBytes = try direct(from: s, to: d, phase: "stop-copy")
                     report.directDataPath = true
                     moved += report.stopCopyBytes
                 } else {
@@ -237,10 +246,17 @@ public struct Migrator {
     /// Stop-copy through a socketpair: the source writes the stream into one end while
     /// the destination reads the other. Our copies of both ends are closed once handed
     /// over, so the destination sees end of file exactly when the source is done.
-    private func direct(from s: VFIOUserClient, to d: VFIOUserClient) throws -> UInt64 {
+    /// Whether the stream can go straight from the source to the destination
+    /// (`mig-data-fd` on both, nothing to transform, a device on the other end).
+    private func useDirectPath(_ s: VFIOUserClient) -> Bool {
+        guard directDataPath, transform == nil, case .device(let d) = destination else { return false }
+        return s.supportsMigrationDataFD && d.supportsMigrationDataFD
+    }
+
+    private func direct(from s: VFIOUserClient, to d: VFIOUserClient, phase: String) throws -> UInt64 {
         var fds: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
-            throw MigrationFailure(phase: "stop-copy", error: nil, reason: "socketpair failed: errno \(errno)")
+            throw MigrationFailure(phase: phase, error: nil, reason: "socketpair failed: errno \(errno)")
         }
         let out = OwnedFD(fds[0]), into = OwnedFD(fds[1])
         // Deep socket buffers let the source run ahead of the destination instead of
@@ -265,7 +281,7 @@ public struct Migrator {
         let bytesOut = try sent.wait().get()
         let bytesIn = try received.get()
         guard bytesOut == bytesIn else {
-            throw MigrationFailure(phase: "stop-copy", error: nil, reason: "source sent \(bytesOut) bytes, destination read \(bytesIn)")
+            throw MigrationFailure(phase: phase, error: nil, reason: "source sent \(bytesOut) bytes, destination read \(bytesIn)")
         }
         return bytesOut
     }
