@@ -83,15 +83,45 @@ final class SaveSession {
 
     /// Queues every page whose content changed since it was sent.
     private func rescan() {
-        let base = model.ram.mapping.base
-        for p in 0..<pages where sent[p] && !queued[p] {
-            let h = pageHasher.hash(UnsafeRawBufferPointer(start: base + p * pageSize, count: pageSize))
-            if h != sentHash[p] {
-                queued[p] = true
-                queuedCount += 1
-            }
+        let base = UInt(bitPattern: model.ram.mapping.base)
+        let (pageSize, hasher) = (self.pageSize, pageHasher)
+        // Sent pages not queued again yet: the ones to look at.
+        let watched = (0..<pages).filter { sent[$0] && !queued[$0] }
+        let changed = sentHash.withUnsafeBufferPointer { hashes -> [Int] in
+            let hashesAt = UInt(bitPattern: hashes.baseAddress)
+            // Memory-bound: a second thread takes half the pages (15 -> 9 ms per 256 MiB
+            // here), which matters in STOP_COPY, where the rescan is downtime.
+            let parts = watched.count * pageSize >= Self.parallelRescanBytes && Self.cores > 1 ? 2 : 1
+            let cut = watched.count / parts
+            return Self.parallel(parts) { part in
+                let hashes = UnsafePointer<UInt64>(bitPattern: hashesAt)!
+                let ram = UnsafeRawPointer(bitPattern: base)!
+                var found: [Int] = []
+                for p in watched[(part * cut)..<(part == parts - 1 ? watched.count : (part + 1) * cut)] {
+                    if hasher.hash(UnsafeRawBufferPointer(start: ram + p * pageSize, count: pageSize)) != hashes[p] {
+                        found.append(p)
+                    }
+                }
+                return found
+            }.flatMap { $0 }
         }
+        for p in changed { queued[p] = true }
+        queuedCount += changed.count
         cursor = 0
+    }
+
+    static let parallelRescanBytes = 16 << 20
+    static let cores = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+
+    /// Runs `body(0..<parts)`, part 0 on this thread and the others on threads of
+    /// their own, and returns the results in order.
+    private static func parallel<T: Sendable>(_ parts: Int, _ body: @escaping @Sendable (Int) -> T) -> [T] {
+        let others = (1..<max(parts, 1)).map { part in
+            let done = Completion<T>()
+            spawnThread(name: "vfu-rescan") { done.fulfil(body(part)) }
+            return done
+        }
+        return [body(0)] + others.map { $0.wait() }
     }
 
     private var inFlight: UInt64 { UInt64(out.count - outPos) + UInt64(ramLeft) }

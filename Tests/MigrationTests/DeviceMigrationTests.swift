@@ -57,26 +57,28 @@ import VFIOUserTransport
         try ctl.setMigrationState(.running)
     }
 
-    @Test func preCopyReportsInitialAndDirtyBytesAndConverges() throws {
-        let vf = try VF.serve(ramKiB: 512)
+    /// 32 MiB of RAM is rescanned by two threads (MigratableVFSave's rescan).
+    @Test(arguments: [512, 32768])
+    func preCopyReportsInitialAndDirtyBytesAndConverges(ramKiB: Int) throws {
+        let vf = try VF.serve(ramKiB: ramKiB)
         let c = try vf.client()
         try c.writeConfig16(0x04, 0x0002)          // memory space on: REGION_WRITE reaches the BAR
         try c.setMigrationState(.preCopy)
         let first = try c.precopyInfo()
-        #expect(first.initial >= 512 * 1024 && first.dirty == 0)
+        #expect(first.initial >= UInt64(ramKiB * 1024) && first.dirty == 0)
         var total = 0
         while true {
-            let chunk = try c.readMigrationChunk(max: 64 << 10)
+            let chunk = try c.readMigrationChunk(max: 1 << 20)
             if chunk.isEmpty { break }
             total += chunk.count
         }
-        #expect(total > 512 * 1024)
+        #expect(total > ramKiB * 1024)
         #expect(try c.precopyInfo() == (0, 0))
         // Change three pages: two through REGION_WRITE, one through the client's mmap.
         try c.write(region: 2, offset: 0x1000, [1, 2, 3])
         try c.write(region: 2, offset: 0x5000 + 100, [9])
         let ram = vf.device.barMemory[2]!
-        ram.mapping.write(at: 0x7FF00, [0xEE])
+        ram.mapping.write(at: UInt64(ramKiB * 1024 - 0x100), [0xEE])   // the last page
         #expect(try c.precopyInfo() == (0, 3 * 4096))
         var round = 0
         while true {
