@@ -218,13 +218,14 @@ public struct DirtyPageLog: Sendable {
 
     private func tracked(_ page: UInt64) -> Bool {
         if ranges.isEmpty { return true }
-        let a = page * pageSize
-        return ranges.contains { a < $0.iova &+ $0.length && $0.iova < a + pageSize }
+        // Inclusive ends: the top page of the address space has no exclusive end.
+        let first = page * pageSize, last = first + (pageSize - 1)
+        return ranges.contains { $0.length > 0 && first <= $0.iova &+ ($0.length - 1) && $0.iova <= last }
     }
 
     public mutating func mark(address: UInt64, length: UInt64) {
         guard length > 0 else { return }
-        let first = address / pageSize, last = (address + length - 1) / pageSize
+        let first = address / pageSize, last = (address + (length - 1)) / pageSize
         for p in first...last where tracked(p) { words[p / 64, default: 0] |= 1 << (p % 64) }
     }
 
@@ -232,20 +233,26 @@ public struct DirtyPageLog: Sendable {
 
     /// The bitmap for [iova, iova+length) at `reportPageSize` (any power of two), and
     /// clears what it reported. A report page is dirty if any logged page inside it is.
+    /// Walks the logged pages, not the range: a range may span the whole address space.
+    /// `iova + length` must not pass 2^64 (the dispatcher checks).
     public mutating func report(iova: UInt64, length: UInt64, reportPageSize: UInt64) -> [UInt64] {
-        let bits = Int((length + reportPageSize - 1) / reportPageSize)
-        var out = [UInt64](repeating: 0, count: (bits + 63) / 64)
+        let bits = Int(clamping: length / reportPageSize + (length % reportPageSize == 0 ? 0 : 1))
+        var out = [UInt64](repeating: 0, count: bits / 64 + (bits % 64 == 0 ? 0 : 1))
         guard length > 0 else { return out }
-        for k in 0..<bits {
-            let start = iova + UInt64(k) * reportPageSize
-            let end = min(start + reportPageSize, iova + length)
-            let p0 = start / pageSize, p1 = (end - 1) / pageSize
-            var dirty = false
-            for p in p0...p1 where isDirty(page: p) {
-                dirty = true
-                words[p / 64]! &= ~(1 << (p % 64))
+        let last = iova + (length - 1)
+        for (w, set) in words {
+            var rest = set
+            while rest != 0 {
+                let b = UInt64(rest.trailingZeroBitCount)
+                rest &= rest - 1
+                let p = w * 64 + b
+                let lo = max(p * pageSize, iova), hi = min(p * pageSize + (pageSize - 1), last)
+                guard lo <= hi else { continue }
+                words[w]! &= ~(1 << b)
+                for k in ((lo - iova) / reportPageSize)...((hi - iova) / reportPageSize) {
+                    out[Int(k / 64)] |= 1 << (k % 64)
+                }
             }
-            if dirty { out[k / 64] |= 1 << UInt64(k % 64) }
         }
         words = words.filter { $0.value != 0 }
         return out

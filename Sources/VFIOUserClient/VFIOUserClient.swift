@@ -326,7 +326,8 @@ public final class VFIOUserClient: @unchecked Sendable {
     /// A DEVICE_FEATURE call; returns the reply's feature data.
     public func feature(_ feature: UInt16, get: Bool = false, set: Bool = false, probe: Bool = false,
                         data: [UInt8] = [], replyDataSize: Int = 0) throws(ClientError) -> [UInt8] {
-        let argsz = UInt32(8 + max(data.count, replyDataSize))
+        // A reply too large for any message is the server's to refuse (E2BIG), not a trap here.
+        let argsz = UInt32(clamping: 8 + max(data.count, replyDataSize))
         let req = DeviceFeature(argsz: argsz, flags: UInt32(feature) | (get ? DeviceFeature.get : 0)
                                     | (set ? DeviceFeature.set : 0) | (probe ? DeviceFeature.probe : 0), data: data)
         let reply = try call(.deviceFeature, payload: req.encoded)

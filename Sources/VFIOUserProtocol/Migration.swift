@@ -117,7 +117,7 @@ public struct DMALoggingReport: WirePayload, Hashable {
     public static func bitmapWords(length: UInt64, pageSize: UInt64) -> Int {
         guard pageSize > 0 else { return 0 }
         let pages = length / pageSize + (length % pageSize == 0 ? 0 : 1)
-        return Int(clamping: (pages + 63) / 64)
+        return Int(clamping: pages / 64 + (pages % 64 == 0 ? 0 : 1))
     }
 
     /// Decodes the bitmap as all whole u64 words after the fixed part.

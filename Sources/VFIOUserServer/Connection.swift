@@ -103,8 +103,10 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
             waiter.fulfil(msg)
         } else {
             msg.closeFDs()
-            logger.warning("unexpected reply #\(msg.header.messageID) (\(msg.header.command)); answered EINVAL")
-            sendError(to: msg.header, .EINVAL)
+            // Answered, so a client that mislabelled a command learns of it; never when
+            // it asked for no reply (a reply it does not expect would desync it).
+            logger.warning("unexpected reply #\(msg.header.messageID) (\(msg.header.command))")
+            if !msg.header.noReply { sendError(to: msg.header, .EINVAL) }
         }
     }
 

@@ -121,8 +121,9 @@ enum MigrationDispatch {
             guard r.pageSize >= 1, r.pageSize.nonzeroBitCount == 1, r.length > 0,
                   r.iova <= UInt64.max - r.length else { return .error(.EINVAL) }
             let words = DMALoggingReport.bitmapWords(length: r.length, pageSize: r.pageSize)
-            guard Int(req.argsz) >= 8 + DMALoggingReport.fixedSize + 8 * words else { return .error(.EINVAL) }
+            // A bitmap no message can carry is E2BIG, whatever argsz says.
             guard 8 + DMALoggingReport.fixedSize + 8 * words <= c.options.maxDataXferSize else { return .error(.E2BIG) }
+            guard Int(req.argsz) >= 8 + DMALoggingReport.fixedSize + 8 * words else { return .error(.EINVAL) }
             let bitmap: [UInt64] = try device.lock.withLock { () throws(VFIOErrno) -> [UInt64] in
                 guard var log = device.dma.dirtyLog else { throw .EINVAL }
                 let b = log.report(iova: r.iova, length: r.length, reportPageSize: r.pageSize)

@@ -30,6 +30,14 @@ import VFIOUserProtocol
         #expect(throws: einval) { try c.startDirtyLogging(pageSize: 3000) }
         #expect(throws: einval) { try c.startDirtyLogging(pageSize: 4096, ranges: [DMALoggingRange(iova: 0, length: 8192), DMALoggingRange(iova: 4096, length: 4096)]) }
         #expect(throws: einval) { try c.startDirtyLogging(pageSize: 4096, ranges: [DMALoggingRange(iova: 0, length: 0)]) }
+        // Reports at the edges of the address space are answered, never a trap. As with
+        // the kernel, a range must end below 2^64.
+        _ = try c.startDirtyLogging(pageSize: 4096)
+        #expect(throws: ClientError.server(.deviceFeature, .E2BIG)) { _ = try c.dirtyBitmap(iova: 0, length: .max, pageSize: 1) }
+        #expect(try c.dirtyBitmap(iova: 0, length: .max, pageSize: 1 << 63) == [0])
+        #expect(try c.dirtyBitmap(iova: .max - 8191, length: 4096, pageSize: 4096) == [0])
+        #expect(throws: einval) { _ = try c.dirtyBitmap(iova: .max - 4095, length: 4096, pageSize: 4096) }
+        try c.stopDirtyLogging()
     }
 
     /// Runs `count` HASH descriptors whose results land on the given result slots,

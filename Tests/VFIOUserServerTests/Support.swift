@@ -264,6 +264,22 @@ final class VFUProcess: @unchecked Sendable {
         return n - 2  // "." and ".."
     }
 
+    /// What each open descriptor of the child is (readlink of /proc/PID/fd/N), for
+    /// messages about leaks.
+    var fdTable: [String] {
+        guard let d = opendir("/proc/\(pid)/fd") else { return [] }
+        defer { closedir(d) }
+        var out: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name == "." || name == ".." { continue }
+            var buf = [CChar](repeating: 0, count: 256)
+            let n = readlink("/proc/\(pid)/fd/\(name)", &buf, 255)
+            out.append("\(name) -> \(n > 0 ? String(cString: buf) : "?")")
+        }
+        return out.sorted()
+    }
+
     /// Threads of the child (from /proc/PID/task).
     var threadCount: Int {
         guard let d = opendir("/proc/\(pid)/task") else { return -1 }
@@ -333,7 +349,8 @@ final class ServedDevice: @unchecked Sendable {
         guard process.isAlive else { return false }
         guard let c = try? makeClient(path), let info = try? c.deviceInfo() else { return false }
         c.close()
-        return info.numRegions == 9 && info.numIRQs == 5 && info.flags.contains(.pci)
+        // 9 PCI regions, or more with device-specific ones (IGD, NVLink2, ...).
+        return info.numRegions >= 9 && info.numIRQs == 5 && info.flags.contains(.pci)
     }
 
     func stop() {
