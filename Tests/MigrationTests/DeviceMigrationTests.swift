@@ -161,6 +161,33 @@ import VFIOUserTransport
         #expect(bytes.le16(at: 24) == 2 && bytes.le16(at: 26) == 0)   // BEGIN: format 2.0
     }
 
+    /// Every byte of the stream is under a checksum: any single flipped bit, anywhere,
+    /// is refused, and the intact stream loads in chunks of any size.
+    @Test func everyFlippedBitIsRefused() throws {
+        let bytes = try savedStream(from: try VF.serve())
+        let b = try VF.serve()
+        var rng = SystemRandomNumberGenerator()
+        var bits = (0..<300).map { _ in Int.random(in: 0..<(bytes.count * 8), using: &rng) }
+        bits += Array(0..<(24 * 8)) + Array((bytes.count * 8 - 64)..<(bytes.count * 8))   // first header, last trailer
+        for bit in bits {
+            var s = bytes
+            s[bit / 8] ^= 1 << UInt8(bit % 8)
+            let loader = MigrationStreamLoader(consumer: b.model!)
+            s.withUnsafeBytes { loader.write($0) }
+            let verdict = loader.finish()
+            #expect(verdict != nil, "bit \(bit) of \(bytes.count * 8) flipped, and the stream was accepted")
+            if let verdict { #expect([VFIOErrno.EBADMSG, .EPROTO, .ENODEV, .EOPNOTSUPP, .ENODATA].contains(verdict.errno), "bit \(bit): \(verdict)") }
+        }
+        let loader = MigrationStreamLoader(consumer: b.model!)
+        var at = 0
+        while at < bytes.count {
+            let n = min(bytes.count - at, Int.random(in: 1...9000, using: &rng))
+            bytes[at..<(at + n)].withUnsafeBytes { loader.write($0) }
+            at += n
+        }
+        #expect(loader.finish() == nil)
+    }
+
     @Test func corruptedTruncatedAndForeignStreamsAreEachRefusedWithTheirOwnError() throws {
         let a = try VF.serve()
         let bytes = try savedStream(from: a)
