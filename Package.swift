@@ -89,7 +89,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "VFIOUserConformanceTests",
-            dependencies: ["VFIOUserConformance", "VFIOUserServer", "VariantDevices", "DeviceSpecs", "PCICore",
+            dependencies: ["VFIOUserConformance", "VFIOUserServer", "VFIOUserClient", "VariantDevices", "DeviceSpecs", "PCICore",
                            "VFIOUserTransport", "VFIOUserProtocol"],
             swiftSettings: strict),
         .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices"], swiftSettings: strict),

@@ -55,6 +55,10 @@ public enum ConfigSpaceReport {
     static let extNames: [UInt16: String] = [0x01: "Advanced Error Reporting", 0x03: "Device Serial Number",
                                              0x0B: "Vendor Specific", 0x1B: "PASID", 0x23: "Designated Vendor-Specific"]
 
+    /// A register that may lie past the end of what the server gave us: 0 then. The
+    /// report describes any server's bytes, so nothing in them may trap.
+    static func read32(_ cfg: [UInt8], _ at: Int) -> UInt32 { at >= 0 && at + 4 <= cfg.count ? cfg.le32(at: at) : 0 }
+
     public static func describe(_ cfg: [UInt8], regions: [(UInt32, RegionInfo)]) -> String {
         guard cfg.count >= 64 else { return "config space too short (\(cfg.count) bytes)" }
         var o: [String] = []
@@ -65,7 +69,10 @@ public enum ConfigSpaceReport {
         func pm(_ b: Bool) -> String { b ? "+" : "-" }
         o.append("\tControl: I/O\(pm(cmd & 1 != 0)) Mem\(pm(cmd & 2 != 0)) BusMaster\(pm(cmd & 4 != 0)) DisINTx\(pm(cmd & 0x400 != 0))")
         o.append("\tStatus: Cap\(pm(sta & 0x10 != 0)) INTx\(pm(sta & 0x8 != 0))")
-        if cfg[0x3D] != 0 { o.append("\tInterrupt: pin \(Character(UnicodeScalar(64 + cfg[0x3D]))) routed to IRQ \(cfg[0x3C])") }
+        if cfg[0x3D] != 0 {
+            let pin = (1...4).contains(cfg[0x3D]) ? String(Character(UnicodeScalar(64 + cfg[0x3D]))) : "?\(cfg[0x3D])"
+            o.append("\tInterrupt: pin \(pin) routed to IRQ \(cfg[0x3C])")
+        }
         var i = 0
         while i < 6 {
             let bar = cfg.le32(at: 0x10 + 4 * i)
@@ -92,12 +99,12 @@ public enum ConfigSpaceReport {
                 line += ": Enable\(pm(ctl & 1 != 0)) Count=\(1 << ((ctl >> 4) & 7))/\(1 << ((ctl >> 1) & 7)) Maskable\(pm(ctl & 0x100 != 0)) 64bit\(pm(ctl & 0x80 != 0))"
             case 0x11:
                 line += ": Enable\(pm(ctl & 0x8000 != 0)) Count=\(Int(ctl & 0x7FF) + 1) Masked\(pm(ctl & 0x4000 != 0))"
-                let t = cfg.le32(at: off + 4), p = cfg.le32(at: off + 8)
+                let t = read32(cfg, off + 4), p = read32(cfg, off + 8)
                 line += "\n\t\tVector table: BAR=\(t & 7) offset=\(hex(t & ~7, 8))\n\t\tPBA: BAR=\(p & 7) offset=\(hex(p & ~7, 8))"
             case 0x10:
                 let type = (ctl >> 4) & 0xF
                 line += " (v\(ctl & 0xF)) \(type == 0 ? "Endpoint" : "type \(type)")"
-                let devcap = cfg.le32(at: off + 4), devcap2 = cfg.le32(at: off + 0x24)
+                let devcap = read32(cfg, off + 4), devcap2 = read32(cfg, off + 0x24)
                 line += "\n\t\tDevCap: FLReset\(pm(devcap & (1 << 28) != 0))"
                 line += "\n\t\tDevCap2: AtomicOpsCap: Routing\(pm(devcap2 & 0x40 != 0)) 32bit\(pm(devcap2 & 0x80 != 0)) 64bit\(pm(devcap2 & 0x100 != 0)) 128bitCAS\(pm(devcap2 & 0x200 != 0))"
             case 0x01:

@@ -85,9 +85,13 @@ public final class VFIOUserClient: @unchecked Sendable {
         }
     }
 
+    /// Waits for reply `id`, serving the server's own requests meanwhile, for at most
+    /// `timeoutMs` in all (a server that keeps sending other things times out too).
     private func awaitReply(id: UInt16, command: Command) throws(ClientError) -> ReceivedMessage {
+        let deadline = monotonicMs() + Int(timeoutMs)
         while true {
-            guard socket.waitReadable(timeoutMs: timeoutMs) else { throw .timeout(command) }
+            let left = deadline - monotonicMs()
+            guard left > 0, socket.waitReadable(timeoutMs: Int32(clamping: left)) else { throw .timeout(command) }
             let m: ReceivedMessage?
             do { m = try socket.receive(maxMessageSize: capabilities.effectiveMaxDataXferSize + 64, maxFDs: 16) } catch {
                 if case .transport(let t) = error { throw .transport(t) }

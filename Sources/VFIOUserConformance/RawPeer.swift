@@ -47,11 +47,16 @@ final class RawPeer {
         }
     }
 
-    /// Sends and waits for the reply with the same id (other messages are dropped).
+    /// Sends and waits for the reply with the same id (other messages are dropped),
+    /// for at most the timeout in all: a server that keeps sending something else
+    /// must not keep us here.
     func call(_ command: Command, _ payload: [UInt8], flags: UInt32 = 0, fds: [Int32] = []) -> Received {
         let id = send(command, payload, flags: flags, fds: fds)
+        let deadline = monotonicMs() + Int(timeoutMs)
         while true {
-            let r = receive()
+            let left = deadline - monotonicMs()
+            guard left > 0 else { return .timeout }
+            let r = receive(timeoutMs: Int32(left))
             guard case .message(let m) = r else { return r }
             if m.header.isReply && m.header.messageID == id { return r }
             m.closeFDs()

@@ -241,8 +241,3 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     }
 }
 
-func monotonicMs() -> Int {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
-}

@@ -76,3 +76,10 @@ public final class Completion<Value: Sendable>: @unchecked Sendable {
         return value!
     }
 }
+
+/// Milliseconds on the monotonic clock, for deadlines.
+public func monotonicMs() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}

@@ -273,9 +273,11 @@ final class VFUProcess: @unchecked Sendable {
         while let e = readdir(d) {
             let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
             if name == "." || name == ".." { continue }
-            var buf = [CChar](repeating: 0, count: 256)
-            let n = readlink("/proc/\(pid)/fd/\(name)", &buf, 255)
-            out.append("\(name) -> \(n > 0 ? String(cString: buf) : "?")")
+            var buf = [UInt8](repeating: 0, count: 256)
+            let n = buf.withUnsafeMutableBufferPointer { b in
+                b.withMemoryRebound(to: CChar.self) { readlink("/proc/\(pid)/fd/\(name)", $0.baseAddress!, 255) }
+            }
+            out.append("\(name) -> \(n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : "?")")
         }
         return out.sorted()
     }
