@@ -159,12 +159,13 @@ public struct MigDataRead: WirePayload, Hashable {
     public func encode(into w: inout WireWriter) { w.u32(argsz); w.u32(size) }
 }
 
-/// MIG_DATA_READ reply: `argsz` = 8 + returned bytes, `size` = returned bytes,
-/// then the data. A short `size` means no more data for now.
+/// `argsz`, `size`, then `size` bytes of the migration stream: the layout of both a
+/// MIG_DATA_READ reply (`argsz` = 8 + returned bytes; a short `size` means no more
+/// data for now) and a MIG_DATA_WRITE request (whose reply is empty).
 ///
-/// Decoding takes exactly `size` bytes: libvfio-user pads the message to the
-/// requested size, so `msg_size` does not give the data length.
-public struct MigDataReadReply: WirePayload, Hashable {
+/// Decoding takes exactly `size` bytes and fails if fewer are present: libvfio-user
+/// pads a read reply to the requested size, so `msg_size` does not give the length.
+public struct MigDataChunk: WirePayload, Hashable {
     public var argsz: UInt32
     public var size: UInt32
     public var data: [UInt8]
@@ -187,27 +188,7 @@ public struct MigDataReadReply: WirePayload, Hashable {
     public func encode(into w: inout WireWriter) { w.u32(argsz); w.u32(size); w.append(data) }
 }
 
-/// MIG_DATA_WRITE request: `size` bytes of the stream. The reply is empty.
-/// Decoding takes exactly `size` bytes and fails if fewer are present.
-public struct MigDataWrite: WirePayload, Hashable {
-    public var argsz: UInt32
-    public var size: UInt32
-    public var data: [UInt8]
-
-    public init(argsz: UInt32, size: UInt32, data: [UInt8]) {
-        self.argsz = argsz
-        self.size = size
-        self.data = data
-    }
-
-    public init(data: [UInt8]) {
-        self.init(argsz: UInt32(8 + data.count), size: UInt32(data.count), data: data)
-    }
-
-    public init(from r: inout WireReader) throws(ProtocolError) {
-        argsz = try r.u32(); size = try r.u32()
-        data = Array(try r.bytes(Int(size)))
-    }
-
-    public func encode(into w: inout WireWriter) { w.u32(argsz); w.u32(size); w.append(data) }
-}
+/// MIG_DATA_READ reply.
+public typealias MigDataReadReply = MigDataChunk
+/// MIG_DATA_WRITE request.
+public typealias MigDataWrite = MigDataChunk
