@@ -125,8 +125,14 @@ public struct ConformanceSuite: Sendable {
             var w = WireWriter(); w.u16(0); w.u16(0); w.append(json); w.u8(0)
             let x = q.call(.version, w.bytes)
             if case .message(let m) = x, !m.header.isError {
-                r.check(Int(m.header.messageSize) <= 16 + w.bytes.count, "version.reply-fits-small-request",
-                        "reply \(m.header.messageSize) bytes to a \(16 + w.bytes.count)-byte request", "§1.5")
+                // Only QEMU's own request size binds (version.reply-not-longer); a longer
+                // reply to a smaller request breaks clients that size buffers as QEMU does.
+                let detail = "reply \(m.header.messageSize) bytes to a \(16 + w.bytes.count)-byte request"
+                if Int(m.header.messageSize) <= 16 + w.bytes.count {
+                    r.pass("version.reply-fits-small-request", detail, "§1.5")
+                } else {
+                    r.warn("version.reply-fits-small-request", detail + " (a client that sizes its reply buffer by its request, as QEMU does, would fail)", "§1.5")
+                }
             } else {
                 r.fail("version.reply-fits-small-request", "small VERSION got \(show(x))", "§2")
             }
