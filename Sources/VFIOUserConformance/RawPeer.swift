@@ -36,12 +36,17 @@ final class RawPeer {
         case broken(String)
     }
 
+    /// False once the server closed the connection or broke the stream.
+    private(set) var isOpen = true
+
     func receive(timeoutMs t: Int32? = nil) -> Received {
+        guard isOpen else { return .closed }
         guard socket.waitReadable(timeoutMs: t ?? timeoutMs) else { return .timeout }
         do {
-            guard let m = try socket.receive(maxMessageSize: 64 << 20, maxFDs: 16) else { return .closed }
+            guard let m = try socket.receive(maxMessageSize: 64 << 20, maxFDs: 16) else { isOpen = false; return .closed }
             return .message(m)
         } catch {
+            isOpen = false
             if case .transport(let e) = error, case .system(_, let code) = e, code == 104 { return .closed }
             return .broken("\(error)")
         }

@@ -35,6 +35,39 @@ func repositoryRoot() -> String {
         #expect(report.count(.pass) >= 40)
     }
 
+    /// All checks over one shared connection, as for libvfio-user's one-client servers.
+    @Test func ourServerPassesOverOneSharedConnection() throws {
+        let registry = VariantRegistry.standard
+        let spec = try registry.loadSpec(path: repositoryRoot() + "/specs/default.json")
+        let server = VFIOUserServer(device: try registry.bind(spec).driver.build(spec))
+        let path = temporarySocketPath("shared")
+        server.start(on: try UnixListener(path: path))
+        defer { server.stop() }
+        let report = ConformanceSuite(socketPath: path, connectionModel: .oneAtATime).run()
+        let failures = report.results.filter { $0.outcome == .fail }.map(\.line)
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+        #expect(report.results.first?.detail.contains("one client at a time") == true)
+        #expect(Set(report.results.filter { $0.outcome == .skip }.map(\.id))
+                == ["version.required-first", "version.reply-fits-small-request", "message.short-body", "message.server-survives",
+                    "migration.state"])   // the default device does not migrate
+        #expect(report.count(.pass) >= 40)
+    }
+
+    /// A server that accepts one client and never a second is found out.
+    @Test func aOneClientServerIsFoundOut() throws {
+        let path = temporarySocketPath("one")
+        let listener = try UnixListener(path: path)
+        spawnThread(name: "one-client") {
+            guard let s = try? listener.accept() else { return }
+            BrokenServer.serve(s)   // serves this one; the listener never accepts again
+        }
+        defer { listener.close() }
+        let report = ConformanceSuite(socketPath: path, timeoutMs: 300).run()
+        #expect(report.results.first?.id == "connection.model")
+        #expect(report.results.first?.detail.contains("one client at a time") == true)
+        #expect(report.results.contains { $0.id == "version.required-first" && $0.outcome == .skip })
+    }
+
     /// A server that gets several things wrong on purpose: answers VERSION with
     /// 0.1 and a reply longer than the request, replies to NO_REPLY writes, and
     /// accepts any region index.
