@@ -35,7 +35,8 @@ enum MigrationDispatch {
             let direction = req.data.le32(at: 0)
             let bytes: UInt64
             switch direction {
-            case 0: bytes = try saveStream(to: msg.fds[0].rawValue, mig, device, zeroCopy: c.options.migrationZeroCopy)
+            case 0: bytes = try saveStream(to: msg.fds[0].rawValue, mig, device, zeroCopy: c.options.migrationZeroCopy,
+                                           stallTimeoutMs: c.options.clientReplyTimeoutMs)
             case 1: bytes = try loadStream(from: msg.fds[0].rawValue, mig, device)
             default: return .error(.EINVAL)
             }
@@ -180,9 +181,12 @@ enum MigrationDispatch {
     /// (PRE_COPY) or the stream ends (STOP_COPY). The device lock is held per chunk only.
     /// Pieces the handler marks stable (a stopped device's memory) go out by reference
     /// when `fd` takes spliced pages (StreamWriter), so they are never copied here.
+    /// Writes happen under the device lock, so a reader that stops reading must not
+    /// stall the device's other clients for ever: a write that makes no progress for
+    /// `stallTimeoutMs` ends the save with EIO.
     static func saveStream(to fd: Int32, _ mig: MigrationController, _ device: PCIDevice,
-                           zeroCopy: Bool) throws(VFIOErrno) -> UInt64 {
-        let writer = StreamWriter(fd: fd, zeroCopy: zeroCopy)
+                           zeroCopy: Bool, stallTimeoutMs: Int) throws(VFIOErrno) -> UInt64 {
+        let writer = StreamWriter(fd: fd, zeroCopy: zeroCopy, stallTimeoutMs: stallTimeoutMs)
         var total: UInt64 = 0
         var failed = false
         while true {

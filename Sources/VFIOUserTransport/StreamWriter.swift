@@ -25,11 +25,17 @@ public final class StreamWriter {
     public private(set) var bytesByReference: UInt64 = 0
     public private(set) var bytesCopied: UInt64 = 0
 
-    /// `fd` stays owned by the caller and must outlive the writer.
-    public init(fd: Int32, zeroCopy: Bool = true) {
+    /// `fd` stays owned by the caller and must outlive the writer. With `stallTimeoutMs`
+    /// and a socket, a write that can make no progress for that long fails (SO_SNDTIMEO)
+    /// instead of waiting for a reader that may never come.
+    public init(fd: Int32, zeroCopy: Bool = true, stallTimeoutMs: Int? = nil) {
         self.fd = fd
         self.zeroCopy = zeroCopy
         sigpipeWasBlocked = vfu_block_sigpipe()
+        if let ms = stallTimeoutMs, ms > 0 {
+            var tv = timeval(tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000)
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
     }
 
     deinit { vfu_restore_sigpipe(sigpipeWasBlocked) }
@@ -42,7 +48,7 @@ public final class StreamWriter {
             var n = send(fd, base + done, bytes.count - done, Int32(MSG_NOSIGNAL))
             if n < 0 && errno == ENOTSOCK { n = Glibc.write(fd, base + done, bytes.count - done) }
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw .system("write", n < 0 ? errno : EPIPE) }
+            guard n > 0 else { throw .system("write", n < 0 ? (errno == EAGAIN ? ETIMEDOUT : errno) : EPIPE) }
             done += n
         }
         bytesCopied += UInt64(bytes.count)
@@ -64,7 +70,7 @@ public final class StreamWriter {
             // Splicing is not for this descriptor (or this memory): copy from here on.
             // Anything else is the reader's or the stream's failure.
             guard n >= 0 || e == EINVAL || e == ENOSYS || e == EOPNOTSUPP || e == EFAULT else {
-                throw .system("splice", e)
+                throw .system("splice", e == EAGAIN ? ETIMEDOUT : e)
             }
             zeroCopy = false
             self.pipe = nil

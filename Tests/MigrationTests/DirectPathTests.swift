@@ -45,6 +45,26 @@ import VFIOUserTransport
         #expect(try vmmA.migrationState() == .stop)
     }
 
+    /// A reader that never reads: the save gives up after the client timeout with EIO,
+    /// and meanwhile-blocked clients of the device are served again.
+    @Test(arguments: [true, false])
+    func aStalledReaderEndsTheSaveAndFreesTheDevice(zeroCopy: Bool) throws {
+        let a = try VF.serve(ramKiB: 8192, zeroCopy: zeroCopy, clientTimeoutMs: 300)
+        fillRAM(a, seed: 9)
+        let other = try a.client()
+        let ctl = try VFIOUserClient(path: a.path, capabilities: Self.caps)
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }   // fds[1] is never read
+        try ctl.setMigrationState(.stopCopy)
+        let start = monotonicMs()
+        #expect(throws: ClientError.server(.deviceFeature, .EIO)) { _ = try ctl.transferMigrationStream(fd: fds[0], load: false) }
+        #expect(monotonicMs() - start < 3000)
+        #expect(try other.readConfig16(0) == 0x15b3)
+        try ctl.setMigrationState(.stop)
+        try ctl.setMigrationState(.running)
+    }
+
     @Test func aClientThatDidNotNegotiateItIsRefusedAndRelaysInstead() throws {
         let a = try VF.serve(), b = try VF.serve()
         fillRAM(a, seed: 7)

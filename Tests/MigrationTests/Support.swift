@@ -16,7 +16,8 @@ final class Served: @unchecked Sendable {
     let path: String
     let model: MigratableVF?
 
-    init(_ device: PCIDevice, model: MigratableVF? = nil, maxXfer: Int = 1 << 20, zeroCopy: Bool = true) throws {
+    init(_ device: PCIDevice, model: MigratableVF? = nil, maxXfer: Int = 1 << 20, zeroCopy: Bool = true,
+         clientTimeoutMs: Int = 5000) throws {
         self.device = device
         self.model = model
         var template = Array("/tmp/vfu-mig-XXXXXX".utf8CString)
@@ -25,6 +26,7 @@ final class Served: @unchecked Sendable {
         var o = ServerOptions()
         o.maxDataXferSize = maxXfer
         o.migrationZeroCopy = zeroCopy
+        o.clientReplyTimeoutMs = clientTimeoutMs
         server = VFIOUserServer(device: device, options: o)
         server.start(on: try UnixListener(path: path))
     }
@@ -54,12 +56,12 @@ enum VF {
 
     /// A migratable VF served on a fresh socket.
     static func serve(ramKiB: Int = 1024, device: String = "0x101e", vendor: String = "0x15b3", preCopy: Bool = true,
-                      p2p: Bool = true, maxXfer: Int = 1 << 20, zeroCopy: Bool = true) throws -> Served {
+                      p2p: Bool = true, maxXfer: Int = 1 << 20, zeroCopy: Bool = true, clientTimeoutMs: Int = 5000) throws -> Served {
         let s = try DeviceSpec.parse(Array(spec(ramKiB: ramKiB, device: device, vendor: vendor, preCopy: preCopy, p2p: p2p).utf8),
                                      file: "<test>", sectionKeys: VariantRegistry.standard.sectionKeys)
         let d = try s.buildCoreDevice()
         let m = try MigratableVF.attach(to: d, options: try MigratableVFOptions.parse(s))
-        return try Served(d, model: m, maxXfer: maxXfer, zeroCopy: zeroCopy)
+        return try Served(d, model: m, maxXfer: maxXfer, zeroCopy: zeroCopy, clientTimeoutMs: clientTimeoutMs)
     }
 }
 
