@@ -159,13 +159,7 @@ struct MessageFuzzer {
         // A first quarter warms the device up: some of its resources are made on first
         // use and kept, like the irqfd watcher's thread and eventfd, which an INTx
         // unmask eventfd starts. Then the baseline.
-        let warm = try makeClient(served.path)
-        let unmask = try EventFD.create(nonBlocking: true)
-        for i in 0..<UInt32(3) where (try? warm.irqInfo(i))?.flags.contains(.maskable) == true {
-            try warm.setIRQs(index: i, flags: [.dataEventFD, .actionUnmask], start: 0, count: 1, fds: [unmask.rawValue])
-            break
-        }
-        warm.close()
+        try Self.startLazyResources(served)
         try run.messages(Self.messages / 4)
         let fdsBefore = served.process.stableFDCount()
         let tableBefore = served.process.fdTable
@@ -182,8 +176,54 @@ struct MessageFuzzer {
     }
 }
 
+extension FuzzTests {
+    /// What a device makes on first use and keeps: the irqfd watcher's thread and
+    /// eventfd, which an (un)mask eventfd on a maskable index starts.
+    static func startLazyResources(_ served: ServedDevice) throws {
+        let warm = try makeClient(served.path)
+        defer { warm.close() }
+        let unmask = try EventFD.create(nonBlocking: true)
+        for i in 0..<UInt32(3) where (try? warm.irqInfo(i))?.flags.contains(.maskable) == true {
+            try warm.setIRQs(index: i, flags: [.dataEventFD, .actionUnmask], start: 0, count: 1, fds: [unmask.rawValue])
+            break
+        }
+    }
+
+    /// Two clients fuzzing one device at once: neither gets the other's replies, no
+    /// lock ordering deadlocks (a hang is a 5 s timeout), and the server ends whole.
+    @Test(arguments: ["default.json", "migratable-vf.json", "igd.json"])
+    func twoClientsFuzzingOneDeviceAtOnce(spec: String) throws {
+        let served = try ServedDevice(tag: "fuzz2", spec: specPath(spec))
+        defer { served.stop() }
+        let probe = try makeClient(served.path)
+        let info = try probe.deviceInfo()
+        let sizes = try (0..<info.numRegions).map { try probe.regionInfo($0).info.size }
+        probe.close()
+        var warm = FuzzRun(spec: spec, served: served,
+                           fuzz: MessageFuzzer(rng: SplitMix64(state: Self.seed ^ 0xA11CE), regionSizes: sizes))
+        try Self.startLazyResources(served)
+        try warm.messages(Self.messages / 4)
+        let fdsBefore = served.process.stableFDCount()
+        let tableBefore = served.process.fdTable
+        let results = (0..<2).map { k in
+            let done = Completion<String?>()
+            let seed = Self.seed ^ UInt64(k + 1) &* 0x9E37_79B9
+            spawnThread(name: "fuzz-\(k)") {
+                var run = FuzzRun(spec: spec, served: served, fuzz: MessageFuzzer(rng: SplitMix64(state: seed), regionSizes: sizes))
+                do { try run.messages(Self.messages / 2); done.fulfil(nil) } catch { done.fulfil("\(error)") }
+            }
+            return done
+        }.map { $0.wait() }
+        for case let failure? in results { Issue.record("\(failure)") }
+        #expect(served.process.isAlive)
+        #expect(served.stillServes(), "\(spec): a new client is not served after the fuzzing")
+        #expect(served.process.fdCount(settlingTo: fdsBefore) == fdsBefore,
+                "\(spec): fds held after both peers left: \(Set(served.process.fdTable).subtracting(tableBefore))")
+    }
+}
+
 /// One fuzzing peer after another against one server.
-struct FuzzRun {
+struct FuzzRun: @unchecked Sendable {
     let spec: String
     let served: ServedDevice
     var fuzz: MessageFuzzer
