@@ -37,7 +37,7 @@ enum MigrationDispatch {
             switch direction {
             case 0: bytes = try saveStream(to: msg.fds[0].rawValue, mig, device, zeroCopy: c.options.migrationZeroCopy,
                                            stallTimeoutMs: c.options.clientReplyTimeoutMs)
-            case 1: bytes = try loadStream(from: msg.fds[0].rawValue, mig, device)
+            case 1: bytes = try loadStream(from: msg.fds[0].rawValue, mig, device, stallTimeoutMs: c.options.clientReplyTimeoutMs)
             default: return .error(.EINVAL)
             }
             var data = [UInt8](repeating: 0, count: 16)
@@ -210,8 +210,12 @@ enum MigrationDispatch {
     }
 
     /// Feeds everything read from `fd` until end of file into the RESUMING device.
-    static func loadStream(from fd: Int32, _ mig: MigrationController, _ device: PCIDevice) throws(VFIOErrno) -> UInt64 {
+    /// A writer that sends nothing for `stallTimeoutMs` ends the load with EIO: the
+    /// connection's thread must not wait for ever on an fd that never ends.
+    static func loadStream(from fd: Int32, _ mig: MigrationController, _ device: PCIDevice,
+                           stallTimeoutMs: Int) throws(VFIOErrno) -> UInt64 {
         guard device.lock.withLock({ mig.state == .resuming }) else { throw .EINVAL }
+        let wait = Int32(clamping: stallTimeoutMs > 0 ? stallTimeoutMs : -1)
         var total: UInt64 = 0
         var buf = [UInt8](repeating: 0, count: streamChunk)
         while true {
@@ -221,6 +225,7 @@ enum MigrationDispatch {
                 let t = mig.handler.directWriteTarget(max: directChunk)
                 return (t, t == nil ? mig.handler.indirectWriteLimit() : nil)
             }
+            guard waitReadable(fd, timeoutMs: wait) else { throw .EIO }
             if let target, let base = target.baseAddress, target.count > 0 {
                 let n = read(fd, base, target.count)
                 if n < 0 && errno == EINTR { continue }

@@ -11,8 +11,8 @@ public struct ServerOptions: Sendable {
     public var writeMultiple = true
     /// Log every message decoded, both directions.
     public var trace = false
-    /// How long to wait for a client: its reply to a DMA_READ / DMA_WRITE, or a reader of
-    /// a mig-data-fd save that makes no progress (the save then fails with EIO).
+    /// How long to wait for a client: its reply to a DMA_READ / DMA_WRITE, or the other
+    /// end of a mig-data-fd transfer that makes no progress (the transfer fails with EIO).
     public var clientReplyTimeoutMs = 5000
     /// Extensions we offer to clients that ask (see docs/protocol-extensions.md).
     public var extensions: [String: String] = ["device-info-caps": "1", "mig-data-fd": "1"]

@@ -1,3 +1,4 @@
+import CVFIOUserShim
 import Glibc
 import Synchronization
 
@@ -62,3 +63,7 @@ public enum TransportError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+/// Waits until `fd` is readable (or at end of file) for at most `timeoutMs`
+/// (-1: for ever). False on timeout or error.
+public func waitReadable(_ fd: Int32, timeoutMs: Int32) -> Bool { vfu_poll_readable(fd, timeoutMs) == 1 }

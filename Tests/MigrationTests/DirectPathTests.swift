@@ -65,6 +65,23 @@ import VFIOUserTransport
         try ctl.setMigrationState(.running)
     }
 
+    /// A writer that never writes (nor closes): the load gives up after the client
+    /// timeout with EIO, and the connection serves the next command.
+    @Test func aSilentWriterEndsTheLoad() throws {
+        let b = try VF.serve(clientTimeoutMs: 300)
+        let keep = try b.client()
+        let ctl = try VFIOUserClient(path: b.path, capabilities: Self.caps)
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }   // fds[0] never writes
+        try ctl.setMigrationState(.resuming)
+        let start = monotonicMs()
+        #expect(throws: ClientError.server(.deviceFeature, .EIO)) { _ = try ctl.transferMigrationStream(fd: fds[1], load: true) }
+        #expect(monotonicMs() - start < 3000)
+        #expect(try ctl.migrationState() == .resuming)
+        _ = keep
+    }
+
     @Test func aClientThatDidNotNegotiateItIsRefusedAndRelaysInstead() throws {
         let a = try VF.serve(), b = try VF.serve()
         fillRAM(a, seed: 7)
