@@ -14,11 +14,15 @@ public struct ConformanceSuite: Sendable {
     public var timeoutMs: Int32
     /// nil: find out (a second client while the first stays connected).
     public var connectionModel: ConnectionModel?
+    /// Also run checks that change the device's state (migration arcs, a stop-copy
+    /// stream). The device ends RUNNING again, but never run them on a device in use.
+    public var disruptive: Bool
 
-    public init(socketPath: String, timeoutMs: Int32 = 3000, connectionModel: ConnectionModel? = nil) {
+    public init(socketPath: String, timeoutMs: Int32 = 3000, connectionModel: ConnectionModel? = nil, disruptive: Bool = false) {
         self.socketPath = socketPath
         self.timeoutMs = timeoutMs
         self.connectionModel = connectionModel
+        self.disruptive = disruptive
     }
 
     public func run() -> ConformanceReport {
@@ -437,6 +441,7 @@ public struct ConformanceSuite: Sendable {
                                     data: MigDeviceState(state: .error).encoded)
         let z = p.call(.deviceFeature, illegal.encoded)
         r.check(isError(z, .EINVAL), "migration.error-not-settable", "SET ERROR: \(show(z))", "§5.1")
+        if disruptive { migrationArcs(&r, p) }
     }
 }
 

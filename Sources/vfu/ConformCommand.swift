@@ -27,6 +27,9 @@ struct ConformCommand: ParsableCommand {
     @Option(help: "How the server takes clients: auto (find out), concurrent, or one-at-a-time (libvfio-user's model: the checks share one connection).")
     var connections: String = "auto"
 
+    @Flag(help: "Also run checks that change the device's state (migration arcs, a stop-copy stream). Never on a device in use.")
+    var disruptive = false
+
     func validate() throws {
         guard connections == "auto" || ConnectionModel(rawValue: connections) != nil else {
             throw ValidationError("--connections must be auto, concurrent or one-at-a-time")
@@ -35,7 +38,7 @@ struct ConformCommand: ParsableCommand {
 
     func run() throws {
         let report = ConformanceSuite(socketPath: socket, timeoutMs: timeoutMs,
-                                      connectionModel: ConnectionModel(rawValue: connections)).run()
+                                      connectionModel: ConnectionModel(rawValue: connections), disruptive: disruptive).run()
         print(json ? report.json : report.text)
         if report.count(.fail) > 0 { throw ExitCode(1) }
     }

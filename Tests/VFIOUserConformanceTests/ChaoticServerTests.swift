@@ -24,7 +24,7 @@ import VFIOUserTransport
         defer { listener.close() }
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
-        let report = ConformanceSuite(socketPath: path, timeoutMs: 100).run()
+        let report = ConformanceSuite(socketPath: path, timeoutMs: 100, disruptive: seed % 2 == 0).run()
         var te = timespec()
         clock_gettime(CLOCK_MONOTONIC, &te)
         #expect(!report.results.isEmpty)

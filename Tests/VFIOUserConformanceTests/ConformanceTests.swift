@@ -35,6 +35,28 @@ func repositoryRoot() -> String {
         #expect(report.count(.pass) >= 40)
     }
 
+    /// The disruptive migration checks against the migratable VF: every one passes and
+    /// the device is RUNNING afterwards.
+    @Test func theDisruptiveMigrationChecksPassOnTheMigratableVF() throws {
+        let registry = VariantRegistry.standard
+        let spec = try registry.loadSpec(path: repositoryRoot() + "/specs/migratable-vf.json")
+        let server = VFIOUserServer(device: try registry.bind(spec).driver.build(spec))
+        let path = temporarySocketPath("mvf")
+        server.start(on: try UnixListener(path: path))
+        defer { server.stop() }
+        let report = ConformanceSuite(socketPath: path, disruptive: true).run()
+        let failures = report.results.filter { $0.outcome == .fail }.map(\.line)
+        #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
+        let passed = Set(report.results.filter { $0.outcome == .pass }.map(\.id))
+        for id in ["migration.arcs", "migration.data-read-not-saving", "migration.stop-copy-stream",
+                   "migration.illegal-arc", "migration.back-to-running"] {
+            #expect(passed.contains(id), "\(id)")
+        }
+        // Without the flag none of them runs.
+        let quiet = ConformanceSuite(socketPath: path).run()
+        #expect(!quiet.results.contains { $0.id == "migration.arcs" })
+    }
+
     /// All checks over one shared connection, as for libvfio-user's one-client servers.
     @Test func ourServerPassesOverOneSharedConnection() throws {
         let registry = VariantRegistry.standard
