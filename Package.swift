@@ -79,21 +79,23 @@ let package = Package(
         // Example variant (examples/TemperatureSensor): built by CI so it keeps compiling against the public API.
         .target(name: "ExampleTemperatureSensor", dependencies: ["PCICore", "DeviceSpecs", "VariantDevices", "VFIOUserProtocol"], path: "examples/TemperatureSensor/Sources", swiftSettings: strict),
 
-        .testTarget(name: "VFIOUserProtocolTests", dependencies: ["VFIOUserProtocol"], swiftSettings: strict),
+        // Shared by the test targets only: a seeded generator, TestFailure, the repository root.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "VFIOUserProtocolTests", dependencies: ["VFIOUserProtocol", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VFIOUserTransportTests", dependencies: ["VFIOUserTransport", "CVFIOUserShim"], swiftSettings: strict),
         .testTarget(name: "PCICoreTests", dependencies: ["PCICore"], swiftSettings: strict),
-        .testTarget(name: "PCICoreIntegrationTests", dependencies: ["PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "ExampleTemperatureSensor"], swiftSettings: strict),
+        .testTarget(name: "PCICoreIntegrationTests", dependencies: ["PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "ExampleTemperatureSensor", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VFIOUserServerTests",
-            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim"],
+            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim", "TestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "VFIOUserConformanceTests",
             dependencies: ["VFIOUserConformance", "VFIOUserServer", "VFIOUserClient", "VariantDevices", "DeviceSpecs", "PCICore",
-                           "VFIOUserTransport", "VFIOUserProtocol"],
+                           "VFIOUserTransport", "VFIOUserProtocol", "TestSupport"],
             swiftSettings: strict),
-        .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices"], swiftSettings: strict),
-        .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore"], swiftSettings: strict),
+        .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",
             dependencies: ["VariantDevices", "DeviceSpecs", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserProtocol"],

@@ -1,12 +1,8 @@
 import DeviceSpecs
 import PCICore
+import TestSupport
 import Testing
 
-func repositoryRoot() -> String {
-    var path = #filePath
-    for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
-    return path
-}
 
 /// Parses `json` as a spec named "t.json" and returns the error it raises.
 func specError(_ json: String, sectionKeys: Set<String> = []) -> SpecError? {
@@ -23,10 +19,10 @@ let base = #""name": "t", "ids": {"vendor": "0x1b36", "device": "0x1"}"#
 @Suite struct DeviceSpecTests {
     @Test func theShippedCoreSpecsParse() throws {
         for name in ["default", "express-endpoint", "minimal"] {
-            let s = try DeviceSpec.load(path: "\(repositoryRoot())/specs/\(name).json")
+            let s = try DeviceSpec.load(path: "\(repositoryRoot)/specs/\(name).json")
             #expect(s.name == name)
         }
-        let d = try DeviceSpec.load(path: "\(repositoryRoot())/specs/default.json")
+        let d = try DeviceSpec.load(path: "\(repositoryRoot)/specs/default.json")
         #expect(d.configuration.identity.vendor == 0x1B36)
         #expect(d.configuration.identity.classCode == 0xFF0000)
         #expect(d.configuration.bars.map(\.size) == [4096, 1 << 20, 32])

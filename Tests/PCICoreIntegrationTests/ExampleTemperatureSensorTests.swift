@@ -1,6 +1,7 @@
 import DeviceSpecs
 import ExampleTemperatureSensor
 import PCICore
+import TestSupport
 import Testing
 import VFIOUserClient
 import VFIOUserProtocol

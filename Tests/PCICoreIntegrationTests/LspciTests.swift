@@ -1,5 +1,6 @@
 import Foundation
 import PCICore
+import TestSupport
 import Testing
 import VFIOUserClient
 

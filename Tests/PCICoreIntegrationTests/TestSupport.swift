@@ -1,6 +1,7 @@
 import DeviceSpecs
 import Glibc
 import PCICore
+import TestSupport
 import Testing
 import VFIOUserClient
 import VFIOUserProtocol
@@ -86,17 +87,6 @@ final class Served: @unchecked Sendable {
     }
 }
 
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
-
-let repositoryRoot: String = {
-    // .../Tests/PCICoreIntegrationTests/TestSupport.swift → repository root
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
 
 /// Polls `condition` for up to `timeoutMs`.
 @discardableResult

@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import TestSupport
 import Testing
 import VFIOUserClient
 import VFIOUserConformance
@@ -15,7 +16,7 @@ import VFIOUserTransport
     func theSuiteReportsOnAChaoticServer(seed: Int) throws {
         let path = temporarySocketPath("chaos")
         let listener = try UnixListener(path: path)
-        let rng = ChaosSource(Chaos(state: UInt64(seed) &* 0x9E37_79B9_7F4A_7C15 | 1))
+        let rng = ChaosSource(Chaos(rng: SplitMix64(seed: UInt64(seed))))
         spawnThread(name: "chaos-server") {
             while let s = try? listener.accept() {
                 spawnThread(name: "chaos-conn") { Chaos.serve(s, rng) }
@@ -81,11 +82,8 @@ final class ChaosSource: Sendable {
 
 /// The chaotic server's choices.
 struct Chaos {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state ^= state << 13; state ^= state >> 7; state ^= state << 17
-        return state
-    }
+    var rng: SplitMix64
+    mutating func next() -> UInt64 { rng.next() }
     mutating func percent() -> Int { Int(next() % 100) }
     mutating func wild() -> UInt64 {
         [0, 1, 8, 9, 16, 100, 4096, 0xFFFF_FFFF, 1 << 40, UInt64.max, next()][Int(next() % 11)]

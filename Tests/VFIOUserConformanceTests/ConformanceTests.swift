@@ -1,10 +1,11 @@
 import Glibc
+import TestSupport
 import Testing
-import VariantDevices
 import VFIOUserConformance
 import VFIOUserProtocol
 import VFIOUserServer
 import VFIOUserTransport
+import VariantDevices
 
 /// A unique socket path in a fresh temporary directory.
 func temporarySocketPath(_ name: String) -> String {
@@ -13,16 +14,11 @@ func temporarySocketPath(_ name: String) -> String {
     return "\(dir)/\(name).sock"
 }
 
-func repositoryRoot() -> String {
-    var path = #filePath
-    for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
-    return path
-}
 
 @Suite struct ConformanceTests {
     @Test func ourServerPassesEveryCheck() throws {
         let registry = VariantRegistry.standard
-        let spec = try registry.loadSpec(path: repositoryRoot() + "/specs/default.json")
+        let spec = try registry.loadSpec(path: repositoryRoot + "/specs/default.json")
         let device = try registry.bind(spec).driver.build(spec)
         let path = temporarySocketPath("ours")
         let listener = try UnixListener(path: path)
@@ -39,7 +35,7 @@ func repositoryRoot() -> String {
     /// the device is RUNNING afterwards.
     @Test func theDisruptiveMigrationChecksPassOnTheMigratableVF() throws {
         let registry = VariantRegistry.standard
-        let spec = try registry.loadSpec(path: repositoryRoot() + "/specs/migratable-vf.json")
+        let spec = try registry.loadSpec(path: repositoryRoot + "/specs/migratable-vf.json")
         let server = VFIOUserServer(device: try registry.bind(spec).driver.build(spec))
         let path = temporarySocketPath("mvf")
         server.start(on: try UnixListener(path: path))
@@ -60,7 +56,7 @@ func repositoryRoot() -> String {
     /// All checks over one shared connection, as for libvfio-user's one-client servers.
     @Test func ourServerPassesOverOneSharedConnection() throws {
         let registry = VariantRegistry.standard
-        let spec = try registry.loadSpec(path: repositoryRoot() + "/specs/default.json")
+        let spec = try registry.loadSpec(path: repositoryRoot + "/specs/default.json")
         let server = VFIOUserServer(device: try registry.bind(spec).driver.build(spec))
         let path = temporarySocketPath("shared")
         server.start(on: try UnixListener(path: path))

@@ -1,20 +1,9 @@
 import Glibc
+import TestSupport
 import Testing
 import VFIOUserClient
 import VFIOUserProtocol
 import VFIOUserTransport
-
-/// SplitMix64: a small seeded generator, so a failing run replays exactly.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Builds messages for every command, valid ones first, then mutated: fields set to
 /// boundary values, bits flipped, payloads cut short, grown or replaced, fds added or
@@ -155,7 +144,7 @@ struct MessageFuzzer {
         let sizes = try (0..<info.numRegions).map { try probe.regionInfo($0).info.size }
         probe.close()
         var run = FuzzRun(spec: spec, served: served,
-                          fuzz: MessageFuzzer(rng: SplitMix64(state: Self.seed ^ UInt64(fnv1a(Array(spec.utf8)))), regionSizes: sizes))
+                          fuzz: MessageFuzzer(rng: SplitMix64(seed: Self.seed ^ UInt64(fnv1a(Array(spec.utf8)))), regionSizes: sizes))
         // A first quarter warms the device up: some of its resources are made on first
         // use and kept, like the irqfd watcher's thread and eventfd, which an INTx
         // unmask eventfd starts. Then the baseline.
@@ -200,7 +189,7 @@ extension FuzzTests {
         let sizes = try (0..<info.numRegions).map { try probe.regionInfo($0).info.size }
         probe.close()
         var warm = FuzzRun(spec: spec, served: served,
-                           fuzz: MessageFuzzer(rng: SplitMix64(state: Self.seed ^ 0xA11CE), regionSizes: sizes))
+                           fuzz: MessageFuzzer(rng: SplitMix64(seed: Self.seed ^ 0xA11CE), regionSizes: sizes))
         try Self.startLazyResources(served)
         try warm.messages(Self.messages / 4)
         let fdsBefore = served.process.stableFDCount()
@@ -209,7 +198,7 @@ extension FuzzTests {
             let done = Completion<String?>()
             let seed = Self.seed ^ UInt64(k + 1) &* 0x9E37_79B9
             spawnThread(name: "fuzz-\(k)") {
-                var run = FuzzRun(spec: spec, served: served, fuzz: MessageFuzzer(rng: SplitMix64(state: seed), regionSizes: sizes))
+                var run = FuzzRun(spec: spec, served: served, fuzz: MessageFuzzer(rng: SplitMix64(seed: seed), regionSizes: sizes))
                 do { try run.messages(Self.messages / 2); done.fulfil(nil) } catch { done.fulfil("\(error)") }
             }
             return done

@@ -1,29 +1,18 @@
 import DeviceSpecs
 import Glibc
 import PCICore
+import TestSupport
 import Testing
-import VariantDevices
 import VFIOUserClient
 import VFIOUserProtocol
 import VFIOUserServer
 import VFIOUserTransport
+import VariantDevices
 
 // Shared helpers for the server integration tests: temp dirs, in-process servers,
 // `vfu serve` subprocesses, and a raw peer for byte-level input.
 
-struct TestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
-
-/// The package root (this file is Tests/VFIOUserServerTests/Support.swift).
-let repoRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
-
-func specPath(_ name: String) -> String { repoRoot + "/specs/" + name }
+func specPath(_ name: String) -> String { repositoryRoot + "/specs/" + name }
 
 /// A fresh private directory; short so socket paths fit in sun_path.
 func makeTempDir(_ tag: String) -> String {
@@ -154,7 +143,7 @@ let vfuPath: String = {
             dir = String(dir[..<slash])
         }
     }
-    return repoRoot + "/.build-srv/debug/vfu"
+    return repositoryRoot + "/.build/debug/vfu"
 }()
 
 /// Exit status of a finished child.
