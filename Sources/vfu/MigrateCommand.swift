@@ -101,15 +101,7 @@ struct MigrateCommand: ParsableCommand {
         var template = Array("/tmp/vfu-mig-bench-XXXXXX".utf8CString)
         let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
         defer { _ = Glibc.rmdir(dir) }
-        let spec = """
-            {"name": "bench-vf", "variant": "migratable-vf",
-             "ids": {"vendor": "0x15b3", "device": "0x101e", "subsystemVendor": "0x15b3", "subsystem": "0x0069", "classCode": "0x020000"},
-             "express": true,
-             "bars": [{"index": 0, "size": "1MiB", "bits": 64, "backing": "registers"},
-                      {"index": 2, "size": "\(benchSize)MiB", "bits": 64, "prefetchable": true, "backing": "ram"}],
-             "interrupts": {"msix": {"vectors": 4, "bar": 0, "tableOffset": "0x2000", "pbaOffset": "0x3000"}},
-             "migration": {"ramBar": 2}}
-            """
+        let spec = MigratableVFDriver.minimalSpec(ramKiB: benchSize << 10)
         let registry = VariantRegistry.standard
         let parsed = try DeviceSpec.parse(Array(spec.utf8), file: "<bench>", sectionKeys: registry.sectionKeys)
         let driver = MigratableVFDriver()

@@ -43,15 +43,7 @@ final class Served: @unchecked Sendable {
 
 enum VF {
     static func spec(ramKiB: Int = 1024, device: String = "0x101e", vendor: String = "0x15b3", preCopy: Bool = true, p2p: Bool = true) -> String {
-        """
-        {"name": "test-vf", "variant": "migratable-vf",
-         "ids": {"vendor": "\(vendor)", "device": "\(device)", "subsystemVendor": "0x15b3", "subsystem": "0x0069", "classCode": "0x020000"},
-         "express": true,
-         "bars": [{"index": 0, "size": "1MiB", "bits": 64, "backing": "registers"},
-                  {"index": 2, "size": "\(ramKiB)KiB", "bits": 64, "prefetchable": true, "backing": "ram"}],
-         "interrupts": {"msix": {"vectors": 4, "bar": 0, "tableOffset": "0x2000", "pbaOffset": "0x3000"}},
-         "migration": {"ramBar": 2, "preCopy": \(preCopy), "p2p": \(p2p), "batch": 8}}
-        """
+        MigratableVFDriver.minimalSpec(ramKiB: ramKiB, vendor: vendor, device: device, preCopy: preCopy, p2p: p2p, batch: 8)
     }
 
     /// A migratable VF served on a fresh socket.
