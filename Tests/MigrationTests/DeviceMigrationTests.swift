@@ -1,3 +1,4 @@
+import DeviceSpecs
 import Glibc
 import PCICore
 import Testing
@@ -148,6 +149,24 @@ import VFIOUserTransport
         #expect(b.model!.register(.ringHead) == 20 && a.model!.register(.ringHead) == 20)
         #expect(b.model!.register(.digestLow) == a.model!.register(.digestLow))
         #expect(b.device.busMasterEnabled)
+    }
+
+    /// The spec sets the RAM BAR's size, from 4 KiB up to 1 GiB; beyond, the spec is
+    /// refused naming the file, the field and the reason.
+    @Test func theRAMBARIsSizedByTheSpecUpTo1GiB() throws {
+        let big = try VF.serve(ramKiB: 1 << 20)
+        #expect(big.device.barMemory[2]!.size == 1 << 30)
+        #expect(try big.client().regionInfo(2).info.size == 1 << 30)
+        for (kib, ok) in [(4, true), (2, false), (2 << 20, false)] {
+            let spec = try DeviceSpec.parse(Array(VF.spec(ramKiB: kib).utf8), file: "vf.json", sectionKeys: VariantRegistry.standard.sectionKeys)
+            do throws(SpecError) {
+                _ = try MigratableVFOptions.parse(spec)
+                #expect(ok, "\(kib) KiB accepted")
+            } catch {
+                #expect(!ok, "\(kib) KiB refused: \(error)")
+                #expect(error.file == "vf.json" && error.field == "migration.ramBar" && error.reason.contains("4 KiB to 1 GiB"), "\(error)")
+            }
+        }
     }
 
     /// The framing docs/migration.md describes, format 2: XXH3 header checks and trailers.
