@@ -190,6 +190,9 @@ public struct Migrator {
                     report.stopCopyBytes = try direct(from: s, to: d, phase: "stop-copy")
                     report.directDataPath = true
                     moved += report.stopCopyBytes
+                    // The direct path is seen only when it ends: one update per transfer.
+                    progress?(MigrationProgress(phase: .stopCopy, round: 0, bytes: moved, phaseBytes: report.stopCopyBytes,
+                                                remaining: 0, elapsed: Self.now() - start))
                 } else {
                     report.stopCopyBytes = try pump(from: s, to: sink!, chunk: chunk, estimate: estimate, start: start, moved: &moved)
                 }

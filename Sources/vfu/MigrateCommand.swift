@@ -231,12 +231,16 @@ private func mib(_ b: UInt64) -> String { "\(fmt(Double(b) / 1_048_576)) MiB" }
 final class ProgressBar: @unchecked Sendable {
     let enabled: Bool
     private var last = 0.0
+    private var lastPhase: MigrationProgress.Phase?
     private var shown = false
     init(enabled: Bool) { self.enabled = enabled }
 
+    /// Redraws at most every 0.1 s, and always when a phase or round starts or ends.
     func update(_ p: MigrationProgress) {
-        guard enabled, p.elapsed - last >= 0.1 || last == 0 else { return }
+        let boundary = p.phase != lastPhase || p.remaining == 0
+        guard enabled, boundary || p.elapsed - last >= 0.1 else { return }
         last = p.elapsed
+        lastPhase = p.phase
         let rate = p.elapsed > 0 ? Double(p.bytes) / p.elapsed : 0
         var line = "\r\(p.phase.rawValue)"
         if p.phase == .preCopy { line += " round \(p.round + 1)" }

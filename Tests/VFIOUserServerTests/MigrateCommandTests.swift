@@ -1,4 +1,5 @@
 import Glibc
+import TestSupport
 import Testing
 import VFIOUserClient
 import VFIOUserProtocol
@@ -39,6 +40,7 @@ import VFIOUserTransport
 
         let (s1, out1, err1) = try vfu(["migrate", "--from", "\(dir)/a.sock", "--to", "\(dir)/b.sock", "--json"], dir, "live")
         #expect(s1 == .exited(0), "\(err1)")
+        #expect(!err1.contains("pre-copy round"), "a progress bar without a terminal: \(err1)")
         #expect((number("total_bytes", in: out1) ?? 0) >= 64 * 1_048_576, "\(out1)")
         #expect(number("downtime_ms", in: out1) != nil && out1.contains("\"rounds\":"), "\(out1)")
         #expect(try vmms[0].migrationState() == .stop)
@@ -69,6 +71,36 @@ import VFIOUserTransport
         let (s4, _, err4) = try vfu(["migrate", "--from-file", file, "--to", "\(dir)/c.sock"], dir, "corrupt")
         #expect(s4 == .exited(1), "\(err4)")
         #expect(err4.contains("corrupted"), "\(err4)")
+    }
+
+    /// On a terminal (script(1) gives it one) `vfu migrate` draws a progress bar per
+    /// phase: bytes, rate and what remains; through messages it advances per chunk.
+    @Test func onATerminalAProgressBarShowsBytesRateAndRemaining() throws {
+        let dir = makeTempDir("migrate-tty")
+        defer { removeTempDir(dir) }
+        let spec = specPath("migratable-vf.json")
+        let servers = try ["a", "b"].map { try VFUProcess.serve(spec: spec, socket: "\(dir)/\($0).sock") }
+        defer { servers.forEach { $0.kill() } }
+        let keep = try makeClient("\(dir)/b.sock")
+        defer { keep.close() }
+        guard let pipe = popen("script -q -e -c '\(vfuPath) migrate --from \(dir)/a.sock --to \(dir)/b.sock --relay' /dev/null 2>&1", "r") else {
+            throw TestFailure("popen script failed")
+        }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&buf, 1, buf.count, pipe)
+            if n == 0 { break }
+            out += buf[0..<n]
+        }
+        #expect(pclose(pipe) == 0)
+        let lines = String(decoding: out, as: UTF8.self).split(whereSeparator: { $0 == "\r" || $0 == "\n" || $0 == "\r\n" })
+        let bars = lines.filter { $0.hasPrefix("pre-copy round 1 [") }
+        #expect(bars.count >= 2, "\(lines)")   // it advanced during the round
+        #expect(bars.allSatisfy { $0.contains(" MiB/s") && $0.contains("remaining ") }, "\(bars)")
+        #expect(bars.last?.contains("[" + String(repeating: "#", count: 30) + "]") == true, "\(bars)")
+        #expect(lines.contains { $0.hasPrefix("stop-copy [") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("migrated: 1 pre-copy round(s)") }, "\(lines)")
     }
 
     @Test func theBenchmarkReportsItsRatioAsJSON() throws {
