@@ -123,15 +123,13 @@ public struct ConformanceSuite: Sendable {
             r.fail("version.second-refused", "second VERSION got \(show(again))", "§2.2")
         }
         // A first message that is not VERSION.
-        if links.skipUnlessConcurrent(&r, "version.required-first") {
-        } else if let q = links.fresh() {
+        if !links.skipUnlessConcurrent(&r, "version.required-first"), let q = links.fresh() {
             let x = q.call(.deviceGetInfo, DeviceInfo(argsz: 16).encoded)
             r.check(isError(x) || { if case .closed = x { return true }; return false }(), "version.required-first",
                     "GET_INFO before VERSION: \(show(x))", "§2.2")
         }
         // A tiny request: the reply must still fit.
-        if links.skipUnlessConcurrent(&r, "version.reply-fits-small-request") {
-        } else if let q = links.fresh() {
+        if !links.skipUnlessConcurrent(&r, "version.reply-fits-small-request"), let q = links.fresh() {
             let json = Array(#"{"capabilities":{"max_msg_fds":8}}"#.utf8)
             var w = WireWriter(); w.u16(0); w.u16(0); w.append(json); w.u8(0)
             let x = q.call(.version, w.bytes)
@@ -366,8 +364,7 @@ public struct ConformanceSuite: Sendable {
                 r.fail("message.size-below-16", "msg_size 8: \(show(x))", "§6")
             }
         }
-        if links.skipUnlessConcurrent(&r, "message.short-body") {
-        } else if let p = links.negotiated(&r, "message.short-body") {
+        if !links.skipUnlessConcurrent(&r, "message.short-body"), let p = links.negotiated(&r, "message.short-body") {
             var h = MessageHeader(messageID: 9, command: .regionRead, messageSize: 32).bytes
             h += [0, 0, 0, 0]  // 4 of 16 payload bytes, then close
             p.sendRaw(h)
