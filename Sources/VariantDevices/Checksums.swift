@@ -19,9 +19,7 @@ public struct XXH3: Sendable {
     }
 
     public mutating func update<C: Collection>(_ bytes: C) where C.Element == UInt8 {
-        if let done: Void = bytes.withContiguousStorageIfAvailable({ update(UnsafeRawBufferPointer($0)) }) { return done }
-        let a = Array(bytes)
-        a.withUnsafeBytes { update($0) }
+        withRawBytes(bytes) { update($0) }
     }
 
     public func digest() -> UInt64 {
@@ -33,8 +31,7 @@ public struct XXH3: Sendable {
     }
 
     public static func hash<C: Collection>(_ bytes: C, seed: UInt64 = 0) -> UInt64 where C.Element == UInt8 {
-        if let h = bytes.withContiguousStorageIfAvailable({ hash(UnsafeRawBufferPointer($0), seed: seed) }) { return h }
-        return Array(bytes).withUnsafeBytes { hash($0, seed: seed) }
+        withRawBytes(bytes) { hash($0, seed: seed) }
     }
 
     /// Hashes many inputs with one seed, deriving the seed's secret once.
@@ -58,8 +55,7 @@ public struct XXH3: Sendable {
         }
 
         public func hash<C: Collection>(_ bytes: C) -> UInt64 where C.Element == UInt8 {
-            if let h = bytes.withContiguousStorageIfAvailable({ hash(UnsafeRawBufferPointer($0)) }) { return h }
-            return Array(bytes).withUnsafeBytes { hash($0) }
+            withRawBytes(bytes) { hash($0) }
         }
     }
 }
@@ -127,9 +123,7 @@ public struct XXH64: Sendable {
     }
 
     public mutating func update<C: Collection>(_ bytes: C) where C.Element == UInt8 {
-        if let done: Void = bytes.withContiguousStorageIfAvailable({ update(UnsafeRawBufferPointer($0)) }) { return done }
-        let a = Array(bytes)
-        a.withUnsafeBytes { update($0) }
+        withRawBytes(bytes) { update($0) }
     }
 
     public func digest() -> UInt64 {
@@ -176,4 +170,12 @@ public struct XXH64: Sendable {
         x.update(bytes)
         return x.digest()
     }
+}
+
+/// Runs `body` on the bytes of `c`: in place when they are contiguous (arrays,
+/// slices), else from a copy.
+@inline(__always)
+func withRawBytes<C: Collection, R>(_ c: C, _ body: (UnsafeRawBufferPointer) -> R) -> R where C.Element == UInt8 {
+    if let r = c.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) { return r }
+    return Array(c).withUnsafeBytes(body)
 }
