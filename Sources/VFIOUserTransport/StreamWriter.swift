@@ -17,6 +17,7 @@ import Glibc
 /// thread.
 public final class StreamWriter {
     private let fd: Int32
+    private let isSocket: Bool
     private var pipe: (read: OwnedFD, write: OwnedFD)?
     private let sigpipeWasBlocked: Int32
     /// False once splicing failed for this descriptor (or when disabled up front).
@@ -31,8 +32,10 @@ public final class StreamWriter {
     public init(fd: Int32, zeroCopy: Bool = true, stallTimeoutMs: Int? = nil) {
         self.fd = fd
         self.zeroCopy = zeroCopy
+        var st = stat()
+        isSocket = fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK
         sigpipeWasBlocked = vfu_block_sigpipe()
-        if let ms = stallTimeoutMs, ms > 0 {
+        if let ms = stallTimeoutMs, ms > 0, isSocket {
             var tv = timeval(tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000)
             _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         }
@@ -45,8 +48,8 @@ public final class StreamWriter {
         guard let base = bytes.baseAddress else { return }
         var done = 0
         while done < bytes.count {
-            var n = send(fd, base + done, bytes.count - done, Int32(MSG_NOSIGNAL))
-            if n < 0 && errno == ENOTSOCK { n = Glibc.write(fd, base + done, bytes.count - done) }
+            let n = isSocket ? send(fd, base + done, bytes.count - done, Int32(MSG_NOSIGNAL))
+                             : Glibc.write(fd, base + done, bytes.count - done)
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw .system("write", n < 0 ? (errno == EAGAIN ? ETIMEDOUT : errno) : EPIPE) }
             done += n
