@@ -13,6 +13,9 @@ public protocol DMAMessageTransport: AnyObject, Sendable {
 
 /// One DMA_MAP: a range of client IOVA space the device may access.
 public struct DMAMapping: Sendable {
+    /// Unique for the life of the device: a DMA that waited on a client checks that
+    /// the very mapping it used is still there, not merely one at the same address.
+    public var id: UInt64
     public var address: UInt64
     public var size: UInt64
     public var flags: DMAMapFlags
@@ -31,7 +34,9 @@ public struct DMAMapping: Sendable {
 /// and dirty-page logging of every device write.
 ///
 /// Accesses may span several adjacent mappings; any byte outside a mapping fails the
-/// whole access with EFAULT before anything is written. Guarded by the device lock.
+/// whole access with EFAULT before anything is written to memory the server maps.
+/// Guarded by the device lock, which every method takes; a message-based piece
+/// releases it while the client answers and re-validates everything afterwards.
 public final class DMAController: @unchecked Sendable {
     /// The owning device's lock: every public method takes it (it is recursive).
     let lock: DeviceLock
@@ -39,41 +44,49 @@ public final class DMAController: @unchecked Sendable {
     init(lock: DeviceLock) { self.lock = lock }
 
     public private(set) var mappings: [DMAMapping] = []  // sorted by address, disjoint
-    public var maxMappings = 65535
     public let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
     /// Whether device-initiated DMA is currently allowed (Bus Master Enable, migration state).
     var allowed: @Sendable () -> VFIOErrno? = { nil }
     public private(set) var dirtyLog: DirtyPageLog?
+    /// The session that started dirty logging: logging ends when it leaves.
+    private(set) var loggingOwner: SessionID?
+    /// Bumped by every device reset: DMA started before a reset fails with ECANCELED.
+    var resetGeneration: UInt64 = 0
+    private var nextMappingID: UInt64 = 1
 
     // MARK: DMA_MAP / DMA_UNMAP
 
-    /// Adds a mapping. Takes ownership of `fd` (closed here on failure or after mmap).
+    /// Adds a mapping for `owner`, who may hold at most `limit` of them (the
+    /// `max_dma_maps` the server advertised). Takes ownership of `fd` (closed here on
+    /// failure or after mmap).
     public func map(_ req: DMAMapRequest, fd: OwnedFD?, owner: SessionID,
-                    transport: (any DMAMessageTransport)?) throws(VFIOErrno) {
+                    transport: (any DMAMessageTransport)?, limit: Int = 65535) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             defer { fd?.close() }
             guard req.size > 0, req.address <= UInt64.max - req.size else { throw .EINVAL }
             guard req.flags.isSubset(of: [.read, .write]), !req.flags.isEmpty else { throw .EINVAL }
             if let existing = mappings.first(where: { $0.address < req.address + req.size && req.address < $0.end }) {
-                // An identical re-map is accepted as a no-op (libvfio-user does the same);
-                // any other overlap is EEXIST as the specification says.
-                if existing.address == req.address, existing.size == req.size, existing.flags == req.flags,
-                   existing.fileOffset == req.offset, (existing.memory != nil) == (fd != nil) { return }
+                // An identical re-map by the same client is accepted as a no-op (libvfio-user
+                // does the same; QEMU re-sends maps while firmware remaps memory); any other
+                // overlap is EEXIST as the specification says.
+                if existing.owner == owner, existing.address == req.address, existing.size == req.size,
+                   existing.flags == req.flags, existing.fileOffset == req.offset,
+                   (existing.memory != nil) == (fd != nil) { return }
                 throw .EEXIST
             }
-            guard mappings.count < maxMappings else { throw .ENOSPC }
+            guard mappings.lazy.filter({ $0.owner == owner }).count < limit else { throw .ENOSPC }
             var memory: MemoryMapping? = nil
             var bias = 0
             if let fd {
                 guard req.size <= UInt64(Int.max / 2), req.offset <= UInt64(Int64.max) else { throw .EINVAL }
                 // Touching a mapping beyond the end of its file raises SIGBUS: refuse
-            // ranges the file does not cover (memfds and files are S_IFREG).
-            var st = stat()
-            guard fstat(fd.rawValue, &st) == 0 else { throw .EBADF }
-            if st.st_mode & S_IFMT == S_IFREG {
-                guard req.offset <= UInt64(st.st_size), req.size <= UInt64(st.st_size) - req.offset else { throw .EINVAL }
-            }
-            let aligned = req.offset & ~UInt64(pageSize - 1)
+                // ranges the file does not cover (memfds and files are S_IFREG).
+                var st = stat()
+                guard fstat(fd.rawValue, &st) == 0 else { throw .EBADF }
+                if st.st_mode & S_IFMT == S_IFREG {
+                    guard req.offset <= UInt64(st.st_size), req.size <= UInt64(st.st_size) - req.offset else { throw .EINVAL }
+                }
+                let aligned = req.offset & ~UInt64(pageSize - 1)
                 bias = Int(req.offset - aligned)
                 do {
                     memory = try MemoryMapping(fd: fd.rawValue, offset: aligned, length: Int(req.size) + bias,
@@ -84,14 +97,15 @@ public final class DMAController: @unchecked Sendable {
             } else if transport == nil {
                 throw .EINVAL
             }
-            let m = DMAMapping(address: req.address, size: req.size, flags: req.flags, fileOffset: req.offset,
-                               memory: memory, memoryBias: bias, owner: owner, transport: fd == nil ? transport : nil)
+            let m = DMAMapping(id: nextMappingID, address: req.address, size: req.size, flags: req.flags,
+                               fileOffset: req.offset, memory: memory, memoryBias: bias, owner: owner,
+                               transport: fd == nil ? transport : nil)
+            nextMappingID += 1
             let at = mappings.firstIndex { $0.address > req.address } ?? mappings.count
             mappings.insert(m, at: at)
         }
     }
 
-    /// Removes the mapping with exactly this address and size (ENOENT otherwise).
     /// Removes the mapping with exactly this address and size that `owner` made
     /// (ENOENT otherwise: one client cannot unmap another's memory).
     public func unmap(address: UInt64, size: UInt64, owner: SessionID? = nil) throws(VFIOErrno) {
@@ -112,32 +126,49 @@ public final class DMAController: @unchecked Sendable {
 
     // MARK: Device access
 
-    /// The mapping pieces covering [address, address+count), or EFAULT if any byte is unmapped.
-    private func pieces(_ address: UInt64, _ count: Int, write: Bool) throws(VFIOErrno) -> [(DMAMapping, UInt64, Int)] {
-        guard count >= 0, address <= UInt64.max - UInt64(count) else { throw .EFAULT }
-        var out: [(DMAMapping, UInt64, Int)] = []
-        var pos = address
-        let end = address + UInt64(count)
-        var i = mappings.lastIndex { $0.address <= address } ?? 0
-        while pos < end {
-            guard i < mappings.count, mappings[i].address <= pos, pos < mappings[i].end else { throw .EFAULT }
-            let m = mappings[i]
-            guard m.flags.contains(write ? .write : .read) else { throw .EPERM }
-            let n = Int(min(end, m.end) - pos)
-            out.append((m, pos - m.address, n))
-            pos += UInt64(n)
-            i += 1
-        }
-        return out
+    /// The mapping covering `pos`, its offset and how many bytes of [pos, end) it covers.
+    private func piece(at pos: UInt64, end: UInt64, write: Bool) throws(VFIOErrno) -> (DMAMapping, UInt64, Int) {
+        guard let i = mappings.lastIndex(where: { $0.address <= pos }), pos < mappings[i].end else { throw .EFAULT }
+        let m = mappings[i]
+        guard m.flags.contains(write ? .write : .read) else { throw .EPERM }
+        return (m, pos - m.address, Int(min(end, m.end) - pos))
     }
 
-    /// Reads client memory on the device's behalf.
-    public func read(address: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
+    /// Checks, before an access, what device DMA needs: the device was not reset
+    /// since the job began, bus mastering is on, migration state allows DMA, and the
+    /// whole range is mapped with the right permission (so a failing access touches
+    /// nothing).
+    private func admit(_ address: UInt64, _ count: Int, write: Bool, generation: UInt64?) throws(VFIOErrno) {
+        if let generation, generation != resetGeneration { throw .ECANCELED }
+        if let e = allowed() { throw e }
+        guard count >= 0, address <= UInt64.max - UInt64(count) else { throw .EFAULT }
+        var pos = address
+        let end = address + UInt64(count)
+        while pos < end { pos += UInt64(try piece(at: pos, end: end, write: write).2) }
+    }
+
+    /// After waiting on a client with the lock released: anything may have changed.
+    /// The same mapping must still be there, and the device must not have been reset,
+    /// lost bus mastering or been stopped meanwhile.
+    private func revalidate(_ mapping: DMAMapping, generation: UInt64?, startGeneration: UInt64) throws(VFIOErrno) {
+        if resetGeneration != (generation ?? startGeneration) { throw .ECANCELED }
+        if let e = allowed() { throw e }
+        guard mappings.contains(where: { $0.id == mapping.id }) else { throw .EFAULT }
+    }
+
+    /// Reads client memory on the device's behalf. `generation` (a job's) makes the
+    /// access fail with ECANCELED if the device was reset since.
+    public func read(address: UInt64, count: Int, generation: UInt64? = nil) throws(VFIOErrno) -> [UInt8] {
         try lock.withLock { () throws(VFIOErrno) -> [UInt8] in
-            if let e = allowed() { throw e }
+            try admit(address, count, write: false, generation: generation)
+            let start = resetGeneration
             var out = [UInt8]()
             out.reserveCapacity(count)
-            for (m, off, n) in try pieces(address, count, write: false) {
+            var pos = address
+            let end = address + UInt64(count)
+            while pos < end {
+                // Resolved afresh each time: a previous piece may have waited on a client.
+                let (m, off, n) = try piece(at: pos, end: end, write: false)
                 if let mem = m.memory {
                     guard let b = mem.read(at: off + UInt64(m.memoryBias), count: n) else { throw .EFAULT }
                     out.append(contentsOf: b)
@@ -145,7 +176,9 @@ public final class DMAController: @unchecked Sendable {
                     var done = 0
                     while done < n {
                         let chunk = min(n - done, max(t.maxTransferSize, 1))
-                        let b = try t.dmaRead(address: m.address + off + UInt64(done), count: chunk)
+                        let at = m.address + off + UInt64(done)
+                        let b = try lock.suspend { () throws(VFIOErrno) in try t.dmaRead(address: at, count: chunk) }
+                        try revalidate(m, generation: generation, startGeneration: start)
                         guard b.count == chunk else { throw .EIO }
                         out.append(contentsOf: b)
                         done += chunk
@@ -153,6 +186,7 @@ public final class DMAController: @unchecked Sendable {
                 } else {
                     throw .EFAULT
                 }
+                pos += UInt64(n)
             }
             return out
         }
@@ -160,46 +194,56 @@ public final class DMAController: @unchecked Sendable {
 
     /// Writes client memory on the device's behalf; every page written is logged
     /// while dirty-page logging runs.
-    public func write<C: Collection>(address: UInt64, _ data: C) throws(VFIOErrno) where C.Element == UInt8 {
-        try lock.withLock { () throws(VFIOErrno) in try writeLocked(address: address, data) }
-    }
-
-    private func writeLocked<C: Collection>(address: UInt64, _ data: C) throws(VFIOErrno) where C.Element == UInt8 {
-        if let e = allowed() { throw e }
-        let bytes = Array(data)
-        var at = 0
-        for (m, off, n) in try pieces(address, bytes.count, write: true) {
-            // Logged before the write: a message-based write that fails part-way may
-            // still have reached client memory, and a page logged too many is harmless
-            // where one missing corrupts a migration.
-            dirtyLog?.mark(address: m.address + off, length: UInt64(n))
-            if let mem = m.memory {
-                guard mem.write(at: off + UInt64(m.memoryBias), bytes[at..<(at + n)]) else { throw .EFAULT }
-            } else if let t = m.transport {
-                var done = 0
-                while done < n {
-                    let chunk = min(n - done, max(t.maxTransferSize, 1))
-                    try t.dmaWrite(address: m.address + off + UInt64(done), data: bytes[(at + done)..<(at + done + chunk)])
-                    done += chunk
+    public func write<C: Collection>(address: UInt64, _ data: C, generation: UInt64? = nil) throws(VFIOErrno)
+        where C.Element == UInt8
+    {
+        try lock.withLock { () throws(VFIOErrno) in
+            let bytes = Array(data)
+            try admit(address, bytes.count, write: true, generation: generation)
+            let start = resetGeneration
+            var at = 0
+            var pos = address
+            let end = address + UInt64(bytes.count)
+            while pos < end {
+                let (m, off, n) = try piece(at: pos, end: end, write: true)
+                // Logged before the write: a message-based write that fails part-way may
+                // still have reached client memory, and a page logged too many is harmless
+                // where one missing corrupts a migration.
+                dirtyLog?.mark(address: m.address + off, length: UInt64(n))
+                if let mem = m.memory {
+                    guard mem.write(at: off + UInt64(m.memoryBias), bytes[at..<(at + n)]) else { throw .EFAULT }
+                } else if let t = m.transport {
+                    var done = 0
+                    while done < n {
+                        let chunk = min(n - done, max(t.maxTransferSize, 1))
+                        let target = m.address + off + UInt64(done)
+                        let slice = bytes[(at + done)..<(at + done + chunk)]
+                        try lock.suspend { () throws(VFIOErrno) in try t.dmaWrite(address: target, data: slice) }
+                        try revalidate(m, generation: generation, startGeneration: start)
+                        done += chunk
+                    }
+                } else {
+                    throw .EFAULT
                 }
-            } else {
-                throw .EFAULT
+                at += n
+                pos += UInt64(n)
             }
-            at += n
         }
     }
 
     // MARK: Dirty page logging (DMA_LOGGING_START / STOP / REPORT)
 
-    public func startLogging(pageSize: UInt64, ranges: [DMALoggingRange]) throws(VFIOErrno) {
+    /// Starts logging for `session` (logging stops when that session leaves).
+    public func startLogging(pageSize: UInt64, ranges: [DMALoggingRange], by session: SessionID? = nil) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             guard dirtyLog == nil else { throw .EBUSY }
             guard pageSize >= 4096, pageSize.nonzeroBitCount == 1 else { throw .EINVAL }
             dirtyLog = DirtyPageLog(pageSize: pageSize, ranges: ranges)
+            loggingOwner = session
         }
     }
 
-    public func stopLogging() { lock.withLock { dirtyLog = nil } }
+    public func stopLogging() { lock.withLock { dirtyLog = nil; loggingOwner = nil } }
 
     public func setDirtyLog(_ log: DirtyPageLog?) { lock.withLock { dirtyLog = log } }
 }

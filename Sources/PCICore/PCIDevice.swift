@@ -7,7 +7,7 @@ public enum ResetReason: String, Sendable {
     case deviceReset
     /// Initiate Function Level Reset in the PCI Express Device Control register.
     case functionLevelReset
-    /// The last client went away.
+    /// The client that owned the device went away.
     case disconnect
 }
 
@@ -27,6 +27,9 @@ public final class PCIDevice: @unchecked Sendable {
     public let config: ConfigSpace
     public let interrupts: InterruptController
     public let dma: DMAController
+    /// Where the work device models start from register accesses runs (see
+    /// ``DeviceWorkQueue``): after the access completed, never holding back a reply.
+    public let work: DeviceWorkQueue
     public internal(set) var placedCapabilities = PlacedCapabilities()
     public internal(set) var msixTable: MSIXTable?
     /// Register storage of each register-backed BAR (index → file).
@@ -53,6 +56,7 @@ public final class PCIDevice: @unchecked Sendable {
     var regions: [Region?]
     private var resetHooks: [@Sendable (ResetReason) -> Void] = []
     private var sessions: Set<SessionID> = []
+    private var _owner: SessionID?
     private var nextSession: SessionID = 1
     // Internal (not private) so the migration stream can save and restore it (MigrationController.swift).
     var msixTouched: [Bool] = []
@@ -66,6 +70,7 @@ public final class PCIDevice: @unchecked Sendable {
         configuration = c
         config = ConfigSpace(size: c.express ? 4096 : 256)
         dma = DMAController(lock: lock)
+        work = DeviceWorkQueue(name: "vfu-dev-\(c.name.prefix(6))")
         interrupts = InterruptController(
             lock: lock, intx: c.interruptPin != 0 ? 1 : 0, msi: c.msi?.vectors ?? 0, msix: c.msix?.vectors ?? 0,
             err: (c.express || c.errInterrupt) ? 1 : 0, req: c.reqInterrupt ? 1 : 0)
@@ -82,7 +87,10 @@ public final class PCIDevice: @unchecked Sendable {
                 write: { [unowned self] o, d throws(VFIOErrno) in try self.config.write(offset: o, data: d) })))
         wireInterrupts()
         config.sealPowerOnState()
+        work.device = self
     }
+
+    deinit { work.stop() }
 
     // MARK: - Public API for variants
 
@@ -141,6 +149,22 @@ public final class PCIDevice: @unchecked Sendable {
         lock.withLock { resetHooks.append(body) }
     }
 
+    /// Queues `body` on the device's work thread: the model's side of a register
+    /// access (DMA, then the completion interrupt) runs there, after the access has
+    /// been answered. A reset before it runs, or while it waits on a client, cancels
+    /// it (see ``DeviceJob``). Returns false once the device is shut down.
+    @discardableResult
+    public func submitWork(_ body: @escaping @Sendable (DeviceJob) -> Void) -> Bool {
+        let g = lock.withLock { dma.resetGeneration }
+        return work.submit(generation: g, body)
+    }
+
+    /// Runs what is queued and stops the work thread; later submissions are refused.
+    public func stopWork() { work.stop() }
+
+    /// How many resets the device has been through (a job's generation).
+    public var resetGeneration: UInt64 { lock.withLock { dma.resetGeneration } }
+
     /// Raises an interrupt: MSI-X if the client enabled it, else MSI, else INTx.
     /// Returns which index was used, or nil if the device has no usable interrupt.
     @discardableResult
@@ -160,7 +184,9 @@ public final class PCIDevice: @unchecked Sendable {
     public func deassertINTx() { lock.withLock { interrupts.deassertINTx() } }
 
     /// Device-initiated DMA read of client memory (EFAULT outside mappings, EPERM
-    /// without Bus Master Enable).
+    /// without Bus Master Enable). Device models use ``DeviceJob/dmaRead(address:count:)``
+    /// from a submitted job instead: called from a region handler, DMA served by
+    /// messages would hold back the reply the client waits for.
     public func dmaRead(address: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         try lock.withLock { () throws(VFIOErrno) in try dma.read(address: address, count: count) }
     }
@@ -183,13 +209,34 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
-    /// Drops what the session registered; the last one to leave resets the device.
+    /// The session that owns the device: its DMA address space, its interrupt wiring
+    /// and its resets belong to that one client (the VMM). nil until a client claims it.
+    public var owner: SessionID? { lock.withLock { _owner } }
+
+    /// Makes `session` the owner if nobody owns the device; EBUSY if another session
+    /// does. Returns true when this call made it the owner.
+    @discardableResult
+    public func claimOwnership(_ session: SessionID) throws(VFIOErrno) -> Bool {
+        try lock.withLock { () throws(VFIOErrno) -> Bool in
+            if let o = _owner {
+                guard o == session else { throw .EBUSY }
+                return false
+            }
+            _owner = session
+            return true
+        }
+    }
+
+    /// Drops what the session registered. When the owner leaves, the device resets
+    /// and is free for the next client; other sessions leave nothing behind.
     public func closeSession(_ id: SessionID) {
         lock.withLock {
             dma.removeAll(owner: id)
             interrupts.removeAll(owner: id)
             sessions.remove(id)
-            if sessions.isEmpty {
+            if dma.loggingOwner == id { dma.stopLogging() }
+            if _owner == id {
+                _owner = nil
                 dma.stopLogging()
                 reset(.disconnect)
             }
@@ -256,9 +303,12 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
+    /// DMA_MAP on behalf of `session`, which may hold at most `limit` mappings.
     public func dmaMap(_ req: DMAMapRequest, fd: OwnedFD?, session: SessionID,
-                       transport: (any DMAMessageTransport)?) throws(VFIOErrno) {
-        try lock.withLock { () throws(VFIOErrno) in try dma.map(req, fd: fd, owner: session, transport: transport) }
+                       transport: (any DMAMessageTransport)?, limit: Int = 65535) throws(VFIOErrno) {
+        try lock.withLock { () throws(VFIOErrno) in
+            try dma.map(req, fd: fd, owner: session, transport: transport, limit: limit)
+        }
     }
 
     /// DMA_UNMAP on behalf of `session`: it removes only that client's mappings.
@@ -289,6 +339,8 @@ public final class PCIDevice: @unchecked Sendable {
                 if case .ram(_, let keep) = b.backing, !keep { barMemory[b.index]?.clear() }
             }
             _migration?.deviceWasReset()
+            // Jobs started before now are cancelled (DeviceJob).
+            dma.resetGeneration &+= 1
             resetCount += 1
             for h in resetHooks { h(reason) }
         }

@@ -36,6 +36,8 @@ public struct VFIOErrno: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let ECONNRESET = VFIOErrno(104)
     public static let ENOTCONN = VFIOErrno(107)
     public static let ETIMEDOUT = VFIOErrno(110)
+    /// A device job outlived the state it started from (the device was reset meanwhile).
+    public static let ECANCELED = VFIOErrno(125)
 
     public var description: String {
         switch rawValue {
@@ -43,7 +45,7 @@ public struct VFIOErrno: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 11: "EAGAIN"; case 12: "ENOMEM"; case 13: "EACCES"; case 14: "EFAULT"; case 16: "EBUSY"
         case 17: "EEXIST"; case 19: "ENODEV"; case 22: "EINVAL"; case 28: "ENOSPC"; case 34: "ERANGE"
         case 38: "ENOSYS"; case 42: "ENOMSG"; case 71: "EPROTO"; case 95: "EOPNOTSUPP"
-        case 104: "ECONNRESET"; case 107: "ENOTCONN"; case 110: "ETIMEDOUT"
+        case 104: "ECONNRESET"; case 107: "ENOTCONN"; case 110: "ETIMEDOUT"; case 125: "ECANCELED"
         default: "errno \(rawValue)"
         }
     }

@@ -26,6 +26,8 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     var versioned = false
     var clientCapabilities = VersionCapabilities()
     var agreedExtensions: Set<String> = []
+    /// The owner that last refused this client a command (it is not made to wait again).
+    var refusedBy: SessionID?
 
     private let readerThread = Mutex(0)
     private let pending = Mutex<(next: UInt16, waiters: [UInt16: Completion<ReceivedMessage?>], closed: Bool)>((1, [:], false))
@@ -124,7 +126,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         case .errorThenClose(let e):
             msg.closeFDs()
             logger.warning("\(h.command) #\(h.messageID) failed: \(e); closing")
-            sendError(to: h, e)
+            if !h.noReply { sendError(to: h, e) }
             streamBroken = true
         }
     }
@@ -163,16 +165,23 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
             pending.withLock { _ = $0.waiters.removeValue(forKey: id) }
             throw .ENOTCONN
         }
+        // The DMA controller has released the device lock around this call (it
+        // re-validates when we return), so the connection threads go on meanwhile.
         let onReader = readerThread.withLock { $0 } == currentThreadID()
         let reply: ReceivedMessage?
         if onReader {
+            // Only a device model that does DMA inside a region handler gets here (they
+            // should submit a job): keep reading so neither side waits on the other.
             reply = awaitOnReaderThread(id: id, completion: completion)
         } else {
-            // Let the connection threads go on while we wait for the client.
-            reply = device.lock.suspend { completion.wait(timeoutMs: options.clientReplyTimeoutMs) } ?? nil
+            reply = completion.wait(timeoutMs: options.clientReplyTimeoutMs) ?? nil
         }
         pending.withLock { _ = $0.waiters.removeValue(forKey: id) }
-        guard let reply else { throw .ETIMEDOUT }
+        guard let reply else {
+            let why = streamBroken ? "the connection closed" : "no reply within \(options.clientReplyTimeoutMs) ms"
+            logger.warning("\(command) #\(id) to the client failed: \(why); the device's DMA fails (ETIMEDOUT)")
+            throw .ETIMEDOUT
+        }
         defer { reply.closeFDs() }
         if reply.header.isError { throw VFIOErrno(reply.header.errorNumber == 0 ? 5 : reply.header.errorNumber) }
         return reply

@@ -26,6 +26,18 @@ enum Dispatcher {
         if !msg.fds.isEmpty && h.command != .dmaMap && h.command != .deviceSetIRQs && h.command != .deviceFeature {
             return h.command == .version ? .errorThenClose(.EINVAL) : .error(.EINVAL)
         }
+        switch RequestLayout.check(h.command, payload: msg.payload) {
+        case .fits: break
+        case .short(let expected, let actual):
+            c.logger.debug("\(h.command) #\(h.messageID): \(actual)-byte payload, its layout needs \(expected)")
+            return .error(.EINVAL)
+        case .long(let expected, let actual):
+            c.logger.warning("\(h.command) #\(h.messageID): \(actual)-byte payload where its layout has \(expected); the stream cannot be trusted")
+            return .errorThenClose(.EINVAL)
+        }
+        if requiresOwnership(h.command) {
+            do { try claim(h.command, c) } catch { return .error(error) }
+        }
         do {
             switch h.command {
             case .version: return version(msg, c)
@@ -57,6 +69,48 @@ enum Dispatcher {
             return .error(e.errno)
         } catch {
             return .error(.EINVAL)
+        }
+    }
+
+    // MARK: Ownership
+
+    /// Commands that act on the device's DMA address space, interrupt wiring, state
+    /// or reset: only the owning session (the VMM) may send them. Others may ask for
+    /// information, read regions and drive migration (docs/architecture.md).
+    /// How long a claim waits for a departing owner's cleanup before EBUSY.
+    static let ownerHandOverMs = 250
+
+    static func requiresOwnership(_ command: Command) -> Bool {
+        switch command {
+        case .dmaMap, .dmaUnmap, .deviceSetIRQs, .regionWrite, .regionWriteMulti, .deviceReset: true
+        default: false
+        }
+    }
+
+    /// Makes the connection the device's owner if nobody is; EBUSY (logged) if another is.
+    ///
+    /// An owner that has just hung up may not have been cleaned up yet (its thread is
+    /// waking from its read): a VMM restarted at once, or a tool's next connection,
+    /// waits a moment for that rather than being refused.
+    static func claim(_ command: Command, _ c: Connection) throws(VFIOErrno) {
+        // Wait once per owner: a second VMM's every command is not slowed down.
+        let waitMs = c.device.owner == c.refusedBy ? 0 : ownerHandOverMs
+        let deadline = monotonicMs() + waitMs
+        while true {
+            do {
+                if try c.device.claimOwnership(c.session) {
+                    c.logger.info("this client now owns the device (first \(command))")
+                }
+                return
+            } catch {
+                if monotonicMs() >= deadline { break }
+                sleepMs(1)
+            }
+        }
+        do { try c.device.claimOwnership(c.session) } catch {
+            c.refusedBy = c.device.owner
+            c.logger.warning("\(command) refused (EBUSY): the device is owned by another client (session \(c.device.owner.map { "\($0)" } ?? "?")); this one may only inspect it and drive migration")
+            throw error
         }
     }
 
@@ -117,7 +171,7 @@ enum Dispatcher {
     static func dmaMap(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {
         let req: DMAMapRequest = try decode(msg)
         guard req.argsz >= 32, msg.fds.count <= 1 else { return .error(.EINVAL) }
-        try c.device.dmaMap(req, fd: msg.fds.first, session: c.session, transport: c)
+        try c.device.dmaMap(req, fd: msg.fds.first, session: c.session, transport: c, limit: c.options.maxDMAMaps)
         return .reply([], consumedFDs: true)
     }
 
@@ -154,7 +208,11 @@ enum Dispatcher {
         // The fd goes only with a complete reply, as libvfio-user does; QEMU
         // closes any fd of the first, truncated answer anyway.
         let complete = reply.argsz <= req.argsz
-        return .reply(reply.encoded, fds: complete && reply.flags.contains(.mmap) ? fd.map { [$0] } ?? [] : [])
+        // Device memory is the owner's to map: another client sees the region but
+        // gets no fd while someone owns the device.
+        let owner = c.device.owner
+        let mayMap = owner == nil || owner == c.session
+        return .reply(reply.encoded, fds: complete && mayMap && reply.flags.contains(.mmap) ? fd.map { [$0] } ?? [] : [])
     }
 
     static func regionIOFDs(_ msg: ReceivedMessage, _ c: Connection) throws -> Outcome {

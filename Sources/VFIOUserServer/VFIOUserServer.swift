@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import PCICore
 import Synchronization
@@ -15,7 +16,16 @@ public final class VFIOUserServer: Sendable {
     public let device: PCIDevice
     public let options: ServerOptions
     private let logger: Logger
-    private let state = Mutex<(listener: UnixListener?, stopped: Bool, connections: Int, active: Int)>((nil, false, 0, 0))
+    private struct State {
+        var listener: UnixListener?
+        var stopped = false
+        var connections = 0
+        /// Open connections and their (joinable) threads.
+        var live: [Int: (connection: Connection, thread: pthread_t?)] = [:]
+        /// Threads of connections that ended, to be joined.
+        var finished: [pthread_t] = []
+    }
+    private let state = Mutex(State())
 
     public init(device: PCIDevice, options: ServerOptions = ServerOptions(), logger: Logger = Logger(label: "vfu")) {
         self.device = device
@@ -23,10 +33,17 @@ public final class VFIOUserServer: Sendable {
         self.logger = logger
     }
 
+    /// Whether `stop()` was called (serve() also returns when its listener fails).
+    public var isStopped: Bool { state.withLock { $0.stopped } }
+
     /// Connections accepted so far and currently open.
-    public var connectionCounts: (total: Int, active: Int) { state.withLock { ($0.connections, $0.active) } }
+    public var connectionCounts: (total: Int, active: Int) { state.withLock { ($0.connections, $0.live.count) } }
 
     /// Accepts clients until `stop()`; blocks the calling thread.
+    ///
+    /// When accept fails for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) the
+    /// loop backs off, from 10 ms up to a second, instead of spinning; the pending
+    /// client is accepted once an fd is free again.
     public func serve(on listener: UnixListener) {
         let already = state.withLock { s -> Bool in
             if s.stopped { return true }
@@ -34,25 +51,58 @@ public final class VFIOUserServer: Sendable {
             return false
         }
         if already { return }
+        var backoffMs = 0
         while true {
+            joinFinished()
             let sock: MessageSocket
             do { sock = try listener.accept() } catch {
                 if state.withLock({ $0.stopped }) { break }
-                logger.error("accept failed: \(error)")
+                if case .closed = error {
+                    logger.error("the listening socket is no longer usable; not accepting clients")
+                    break
+                }
+                backoffMs = backoffMs == 0 ? 10 : min(backoffMs * 2, 1000)
+                if backoffMs <= 10 || backoffMs == 1000 {
+                    logger.error("accept failed: \(error); retrying in \(backoffMs) ms")
+                }
+                sleepMs(backoffMs)
                 continue
             }
-            if state.withLock({ $0.stopped }) { sock.fd.close(); break }
-            let n = state.withLock { s -> Int in
+            backoffMs = 0
+            // Registered in the same critical section that checks `stopped`, so `stop()`
+            // sees (and closes) every connection it did not refuse.
+            let registered = state.withLock { s -> (Int, Connection, Int)? in
+                if s.stopped { return nil }
                 s.connections += 1
-                s.active += 1
-                return s.connections
+                let n = s.connections
+                let conn = Connection(socket: sock, device: device, options: options, logger: logger, number: n)
+                s.live[n] = (conn, nil)
+                return (n, conn, s.live.count - 1)
             }
-            let conn = Connection(socket: sock, device: device, options: options, logger: logger, number: n)
-            spawnThread(name: "vfu-conn-\(n)") { [self] in
+            guard let (n, conn, others) = registered else { sock.fd.close(); break }
+            if others > 0 {
+                let owner = device.owner
+                logger.notice("client \(n) connected while \(others) other client(s) are: \(owner == nil ? "nobody owns the device yet, the first to map DMA, wire interrupts, write or reset it will" : "another client owns the device; this one may inspect it and drive migration, nothing else")")
+            }
+            let thread = startThread(name: "vfu-conn-\(n)") { [self] in
                 conn.run()
-                state.withLock { $0.active -= 1 }
+                state.withLock { s in
+                    if let t = s.live.removeValue(forKey: n)?.thread { s.finished.append(t) }
+                }
+            }
+            state.withLock { s in
+                if s.live[n] != nil { s.live[n]!.thread = thread } else { s.finished.append(thread) }
             }
         }
+    }
+
+    /// Joins the threads of connections that have ended.
+    private func joinFinished() {
+        let done = state.withLock { s -> [pthread_t] in
+            defer { s.finished.removeAll() }
+            return s.finished
+        }
+        for t in done { pthread_join(t, nil) }
     }
 
     /// Starts serving on a background thread and returns at once.
@@ -60,12 +110,31 @@ public final class VFIOUserServer: Sendable {
         spawnThread(name: "vfu-accept") { [self] in serve(on: listener) }
     }
 
-    /// Stops accepting and removes the socket file. Open connections finish on their own.
+    /// Stops accepting, removes the socket file, closes every live connection (each is
+    /// logged) and joins their threads. Safe to call more than once, from any thread
+    /// but a connection's own.
     public func stop() {
-        let l = state.withLock { s -> UnixListener? in
+        let (l, live) = state.withLock { s -> (UnixListener?, [(Int, Connection)]) in
             s.stopped = true
-            return s.listener
+            return (s.listener, s.live.map { ($0.key, $0.value.connection) })
         }
         l?.close()
+        if !live.isEmpty { logger.notice("shutting down: closing \(live.count) live connection(s)") }
+        for (n, c) in live.sorted(by: { $0.0 < $1.0 }) {
+            logger.info("closing connection \(n) for shutdown")
+            c.socket.shutdown()
+        }
+        // Their threads end once they see the shutdown; then join every one.
+        while true {
+            let remaining = state.withLock { s -> [pthread_t] in
+                let t = s.finished
+                s.finished.removeAll()
+                return t
+            }
+            for t in remaining { pthread_join(t, nil) }
+            let open = state.withLock { s in !s.live.isEmpty || !s.finished.isEmpty }
+            if !open { break }
+            sleepMs(1)
+        }
     }
 }

@@ -58,7 +58,25 @@ public final class UnixListener: Sendable {
         self.fd = owned
     }
 
-    /// Adopts an already listening socket (`--fd`), as the vfio-user backend conventions allow.
+    /// Why `fd` cannot be served as a listening Unix stream socket, or nil if it can
+    /// (checked before `init(listeningFD:)`: accept on anything else fails at once, for ever).
+    public static func problem(withListeningFD fd: Int32) -> String? {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return "fd \(fd) is not open (\(String(cString: strerror(errno))))" }
+        guard st.st_mode & S_IFMT == S_IFSOCK else { return "fd \(fd) is not a socket" }
+        func option(_ name: Int32) -> Int32? {
+            var v: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            return getsockopt(fd, SOL_SOCKET, name, &v, &len) == 0 ? v : nil
+        }
+        guard option(SO_DOMAIN) == AF_UNIX else { return "fd \(fd) is not a Unix-domain socket" }
+        guard option(SO_TYPE) == Int32(SOCK_STREAM.rawValue) else { return "fd \(fd) is not a stream socket" }
+        guard option(SO_ACCEPTCONN) == 1 else { return "fd \(fd) is a socket that is not listening (call listen(2) on it first)" }
+        return nil
+    }
+
+    /// Adopts an already listening socket (`--fd`), as the vfio-user backend conventions
+    /// allow. Check it first with ``problem(withListeningFD:)``.
     public init(listeningFD: Int32) {
         path = nil
         fd = OwnedFD(listeningFD)

@@ -20,7 +20,7 @@ public final class DoorbellDevice: RegionAccessHandler, @unchecked Sendable {
         case doorbell = 0x20, irqVector = 0x24, result = 0x28, error = 0x2C, irqCount = 0x30, irqAck = 0x34
     }
 
-    public enum Command: UInt32 { case fill = 1, checksum = 2, interrupt = 3 }
+    public enum Command: UInt32, Sendable { case fill = 1, checksum = 2, interrupt = 3 }
 
     unowned let device: PCIDevice
     // Guarded by the device lock (handlers run under it).
@@ -79,39 +79,46 @@ public final class DoorbellDevice: RegionAccessHandler, @unchecked Sendable {
         }
     }
 
+    /// The doorbell write completes at once; the command runs as a device job
+    /// afterwards (its DMA may wait on the client), then publishes ERROR, RESULT and
+    /// COMPLETIONS together and raises the completion interrupt, as hardware would.
+    /// A reset before the job ends cancels it: nothing is published.
     private func ring(_ command: UInt32) {
         guard let cmd = Command(rawValue: command) else {
             set(.error, VFIOErrno.EINVAL.rawValue)
             return
         }
         let address = UInt64(reg(.dmaAddressHigh)) << 32 | UInt64(reg(.dmaAddressLow))
-        let length = reg(.dmaLength)
-        var error: VFIOErrno? = nil
-        switch cmd {
-        case .fill:
-            if length > Self.maxTransfer { error = .E2BIG; break }
-            var bytes = [UInt8](repeating: 0, count: Int(length))
-            let p = reg(.pattern)
-            for i in 0..<(Int(length) / 4) { bytes.setLE32(p &+ UInt32(i), at: i * 4) }
-            let tail = Int(length) % 4
-            if tail > 0 {
-                var last = [UInt8](repeating: 0, count: 4)
-                last.setLE32(p &+ UInt32(Int(length) / 4), at: 0)
-                for k in 0..<tail { bytes[Int(length) - tail + k] = last[k] }
+        let length = reg(.dmaLength), pattern = reg(.pattern), vector = Int(reg(.irqVector))
+        device.submitWork { [weak self] job in
+            var error: VFIOErrno? = nil
+            var result: UInt32? = nil
+            switch cmd {
+            case .fill:
+                if length > Self.maxTransfer { error = .E2BIG; break }
+                let data = Self.fillPattern(pattern, length: Int(length))
+                do throws(VFIOErrno) { try job.dmaWrite(address: address, data) } catch let e { error = e }
+            case .checksum:
+                if length > Self.maxTransfer { error = .E2BIG; break }
+                do throws(VFIOErrno) { result = Self.fnv1a(try job.dmaRead(address: address, count: Int(length))) } catch let e { error = e }
+            case .interrupt:
+                break
             }
-            do { try device.dmaWrite(address: address, bytes) } catch let e { error = e }
-        case .checksum:
-            if length > Self.maxTransfer { error = .E2BIG; break }
-            do {
-                let data = try device.dmaRead(address: address, count: Int(length))
-                set(.result, Self.fnv1a(data))
-            } catch let e { error = e }
-        case .interrupt:
-            break
+            job.withDevice { device in
+                guard let self else { return }
+                if let result { self.set(.result, result) }
+                self.set(.error, error?.rawValue ?? 0)
+                self.set(.completions, self.reg(.completions) &+ 1)
+                if device.raiseInterrupt(vector: vector) != nil { self.set(.irqCount, self.reg(.irqCount) &+ 1) }
+            }
         }
-        set(.error, error?.rawValue ?? 0)
-        set(.completions, reg(.completions) &+ 1)
-        if device.raiseInterrupt(vector: Int(reg(.irqVector))) != nil { set(.irqCount, reg(.irqCount) &+ 1) }
+    }
+
+    /// FILL's data: little-endian dwords `pattern`, `pattern + 1`, ..., cut to `length`.
+    static func fillPattern(_ pattern: UInt32, length: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: (length + 3) & ~3)
+        for i in 0..<(bytes.count / 4) { bytes.setLE32(pattern &+ UInt32(i), at: i * 4) }
+        return Array(bytes.prefix(length))
     }
 
     /// FNV-1a, 32-bit: the checksum the CHECKSUM command leaves in RESULT.

@@ -15,7 +15,8 @@ public struct MigratableVFOptions: Sendable, Equatable {
     public var p2p = true
     /// false: the device offers no migration at all (features answer EINVAL).
     public var enabled = true
-    /// How often the engine looks at the ring while RUNNING.
+    /// Accepted for older specs; the engine is event-driven now (it runs as device
+    /// jobs when the guest writes RING_TAIL or CONTROL, and when the device resumes).
     public var workerIntervalMs = 1
     /// Descriptors processed per look.
     public var batch = 32
@@ -149,7 +150,10 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
     private var stagedCore: [UInt8]?
     private var stagedDevice: [UInt8]?
     private var failure: String?
-    private let stopFlag = StopFlag()
+    /// A look at the ring is queued as a device job (coalesces kicks).
+    private var lookQueued = false
+    /// Set by `stopEngine`: no more looks are queued.
+    private var engineStopped = false
 
     /// Builds the model on `device` and attaches its migration controller.
     public static func attach(to device: PCIDevice, options: MigratableVFOptions, kind: String = "migratable-vf") throws(SpecError) -> MigratableVF {
@@ -166,7 +170,6 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
             device.migration = MigrationController(handler: model, preCopy: options.preCopy, p2p: options.p2p)
         }
         device.onReset { [weak model] _ in model?.resetRegisters() }
-        model.startEngine()
         return model
     }
 
@@ -178,8 +181,8 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         resetRegisters()
     }
 
-    /// Stops the engine thread (it also ends by itself once the device is gone).
-    public func stopEngine() { stopFlag.set() }
+    /// Stops the engine: the ring is no longer looked at (jobs end with the device).
+    public func stopEngine() { device.lock.withLock { engineStopped = true } }
 
     private func resetRegisters() {
         device.lock.withLock {
@@ -187,6 +190,8 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
             regs[0] = Self.magic
             regs[1] = Self.version
             epoch &+= 1
+            // A queued look was cancelled by the reset (DeviceJob): the next kick queues anew.
+            lookQueued = false
         }
     }
 
@@ -227,31 +232,43 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
             case .control, .ringLow, .ringHigh, .ringSize, .ringTail, .irqVector, .scratch: set(r, b.le32(at: 0))
             default: break
             }
+            if r == .control || r == .ringTail { kick() }
         }
     }
 
     // MARK: Engine
 
-    private func startEngine() {
-        let interval = UInt32(options.workerIntervalMs * 1000)
-        let flag = stopFlag
-        spawnThread(name: "mvf-engine") { [weak self, weak device] in
-            while !flag.isSet {
-                let active: Bool? = {
-                    guard let device, let model = self else { return nil }
-                    return device.lock.withLock { model.tick() }
-                }()
-                guard let active else { return }
-                usleep(active ? interval : 10_000)
-            }
+    /// Queues a look at the ring as a device job, unless one is queued already. The
+    /// register write that kicked it has been answered by the time the job runs; the
+    /// job does the descriptors' DMA and raises the completion interrupt. Called with
+    /// the device lock held.
+    func kick() {
+        guard !lookQueued, !engineStopped else { return }
+        lookQueued = true
+        device.submitWork { [weak self] job in
+            let again: Bool = job.withDevice { _ in
+                guard let self else { return false }
+                self.lookQueued = false
+                return self.tick(job) && self.ringPending
+            } ?? false
+            // Descriptors left after a batch: look again, behind any other queued work.
+            if again, let self { job.withDevice { _ in self.kick() } }
         }
+    }
+
+    /// Descriptors the guest posted that the engine has not taken yet.
+    private var ringPending: Bool {
+        let size = reg(.ringSize)
+        return size > 0 && reg(.ringHead) != reg(.ringTail) && reg(.ringTail) &- reg(.ringHead) <= size
     }
 
     private var running: Bool { device.migration?.deviceMayRun ?? true }
 
-    /// One look at the ring, under the device lock; true while the engine is enabled and running.
+    /// One look at the ring, under the device lock (message DMA releases it while the
+    /// client answers; every step re-checks `epoch`); true while the engine is enabled
+    /// and running.
     @discardableResult
-    public func tick() -> Bool {
+    func tick(_ job: DeviceJob) -> Bool {
         guard running, reg(.control) & Self.controlEnable != 0, device.busMasterEnabled else { return false }
         set(.ticks, reg(.ticks) &+ 1)
         let size = reg(.ringSize)
@@ -259,7 +276,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         let e0 = epoch
         var done = 0
         while done < options.batch && reg(.ringHead) != reg(.ringTail) && reg(.ringTail) &- reg(.ringHead) <= size {
-            guard processOne(size: size, epoch: e0) else { break }
+            guard processOne(size: size, epoch: e0, job: job) else { break }
             done += 1
         }
         if done > 0 && reg(.control) & Self.controlIRQ != 0 && running {
@@ -270,15 +287,15 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
 
     /// Processes the descriptor at RING_HEAD. false: the device stopped meanwhile and
     /// the descriptor was abandoned untouched (it runs again after a resume).
-    private func processOne(size: UInt32, epoch e0: UInt64) -> Bool {
-        func live() -> Bool { epoch == e0 && running }
+    private func processOne(size: UInt32, epoch e0: UInt64, job: DeviceJob) -> Bool {
+        func live() -> Bool { epoch == e0 && running && job.isCurrent }
         let head = reg(.ringHead)
         let base = (UInt64(reg(.ringHigh)) << 32 | UInt64(reg(.ringLow))) &+ UInt64(head % size) * UInt64(Self.descriptorSize)
         var status: UInt32 = 1
         var result: UInt64 = 0
         var length = 0
         do {
-            let d = try device.dmaRead(address: base, count: Self.descriptorSize)
+            let d = try job.dmaRead(address: base, count: Self.descriptorSize)
             guard live() else { return false }
             let op = d.le32(at: 0), len = Int(d.le32(at: 4)), src = d.le64(at: 8), dst = d.le64(at: 16)
             let cookie = d.le32(at: 24)
@@ -286,15 +303,15 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
             guard len <= Self.maxTransfer else { throw VFIOErrno.E2BIG }
             switch Op(rawValue: op) {
             case .hash:
-                let data = try device.dmaRead(address: src, count: len)
+                let data = try job.dmaRead(address: src, count: len)
                 guard live() else { return false }
                 result = XXH64.hash(data, seed: UInt64(cookie))
                 var out = [UInt8](repeating: 0, count: 16)
                 out.setLE64(UInt64(cookie), at: 0)
                 out.setLE64(result, at: 8)
-                try device.dmaWrite(address: dst, out)
+                try job.dmaWrite(address: dst, out)
             case .store:
-                let data = try device.dmaRead(address: src, count: len)
+                let data = try job.dmaRead(address: src, count: len)
                 guard live() else { return false }
                 guard dst <= UInt64(ram.size), UInt64(len) <= UInt64(ram.size) - dst else { throw VFIOErrno.EFAULT }
                 try ram.write(offset: dst, data: data[...])
@@ -302,7 +319,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
             case .load:
                 guard src <= UInt64(ram.size), UInt64(len) <= UInt64(ram.size) - src else { throw VFIOErrno.EFAULT }
                 let data = try ram.read(offset: src, count: len)
-                try device.dmaWrite(address: dst, data)
+                try job.dmaWrite(address: dst, data)
                 result = XXH64.hash(data)
             case nil:
                 throw VFIOErrno.EINVAL
@@ -314,7 +331,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         guard live() else { return false }
         var st = [UInt8](repeating: 0, count: 4)
         st.setLE32(status, at: 0)
-        if (try? device.dmaWrite(address: base &+ 28, st)) == nil {
+        if (try? job.dmaWrite(address: base &+ 28, st)) == nil {
             guard live() else { return false }
             status = status == 1 ? 0x100 | VFIOErrno.EFAULT.rawValue : status
         }
@@ -375,7 +392,11 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
 
     public func didEnter(_ state: MigrationState) {
         // Interrupts that became pending while stopped (a client unmask, say) go out now.
-        if state == .running || state == .preCopy { device.interrupts.reevaluate() }
+        if state == .running || state == .preCopy {
+            device.interrupts.reevaluate()
+            // Descriptors posted while stopped (or carried in a loaded state) run now.
+            kick()
+        }
     }
 
     public func deviceReset() {
@@ -529,14 +550,4 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
 
     /// Loader state, for tests: the reason the current or last load failed.
     public var loadError: MigrationStreamError? { device.lock.withLock { loader?.error } }
-}
-
-/// A flag another thread can raise once.
-final class StopFlag: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    private var value = false
-    init() { pthread_mutex_init(&m, nil) }
-    deinit { pthread_mutex_destroy(&m) }
-    func set() { pthread_mutex_lock(&m); value = true; pthread_mutex_unlock(&m) }
-    var isSet: Bool { pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }; return value }
 }

@@ -15,7 +15,11 @@ struct ServeCommand: ParsableCommand {
             The spec is validated and the device built before anything listens: a bad \
             spec exits with status 2 and a message naming the file, the field and the reason.
 
-            SIGINT and SIGTERM stop the server and remove its socket.
+            SIGINT, SIGTERM, SIGHUP and SIGQUIT stop the server: live connections are \
+            closed, threads joined, the socket removed, and the exit status is 0.
+
+            --fd N serves an already listening Unix stream socket (socket activation); \
+            anything else exits with status 2.
             """)
 
     @Argument(help: "Device spec (JSON), e.g. specs/default.json.")
@@ -47,7 +51,16 @@ struct ServeCommand: ParsableCommand {
     }
 
     func run() throws {
+        // Block the stop signals before any thread exists (a device model may start
+        // one while it is built); one thread waits for them with sigwait.
+        var set = stopSignalSet()
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
         let logger = makeLogger(level: trace && logLevel.level > .info ? .info : logLevel)
+        if let fd, let why = UnixListener.problem(withListeningFD: fd) {
+            printError("vfu: error: --fd \(fd): \(why)")
+            throw ExitCode(2)
+        }
         let registry = VariantRegistry.standard
         let device: PCIDevice
         do {
@@ -60,14 +73,6 @@ struct ServeCommand: ParsableCommand {
             printError("vfu: error: \(error)")
             throw ExitCode(2)
         }
-        // Block the stop signals in every thread; one thread waits for them.
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        signal(SIGPIPE, SIG_IGN)
-
         let listener: UnixListener
         do {
             listener = try socket.map { try UnixListener(path: $0) } ?? UnixListener(listeningFD: fd!)
@@ -89,7 +94,13 @@ struct ServeCommand: ParsableCommand {
         }
         logger.info("serving \(device.configuration.name) on \(socket ?? "fd \(fd!)")")
         server.serve(on: listener)
+        let signalled = server.isStopped
+        // Reached after stop() (a signal) or when the listener became unusable: close
+        // every connection, join the threads, end the device's work, remove the socket.
+        server.stop()
+        device.stopWork()
         listener.close()
         logger.info("stopped")
+        if !signalled { throw ExitCode(1) }
     }
 }

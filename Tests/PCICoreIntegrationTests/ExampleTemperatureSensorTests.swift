@@ -25,8 +25,10 @@ import VariantDevices
     func reg(_ s: Served, _ r: Reg) throws -> UInt32 { try s.client.read32(region: 0, offset: r.rawValue) }
     func set(_ s: Served, _ r: Reg, _ v: UInt32) throws { try s.client.write32(region: 0, offset: r.rawValue, v) }
     /// The sensor port: the first device-specific region.
+    /// The crossing's effects run as a device job after the write is answered: wait for it.
     func sample(_ s: Served, _ milliCelsius: Int32) throws {
         try s.client.write(region: 9, offset: 0, le32(UInt32(bitPattern: milliCelsius)))
+        #expect(s.device.work.waitUntilIdle())
     }
 
     @Test func theRegistryBindsTheExampleByItsIDTable() throws {

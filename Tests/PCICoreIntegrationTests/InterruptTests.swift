@@ -24,8 +24,10 @@ import VFIOUserTransport
         let fd = try s.client.enableEventFDs(index: Self.intx, count: 1)[0]
         try s.set16(0x04, 0x0402)   // Memory Space + Interrupt Disable
         #expect(try !intxStatus(s))
-        // The doorbell's "interrupt" command raises INTx (no MSI/MSI-X in use).
+        // The doorbell's "interrupt" command raises INTx (no MSI/MSI-X in use), as a
+        // device job once the write was answered.
         try s.client.write32(region: 0, offset: 0x20, 3)
+        #expect(s.device.work.waitUntilIdle())
         #expect(try intxStatus(s), "Interrupt Status shows the pending INTx")
         #expect(silent(fd), "Interrupt Disable holds it back")
         // Clearing Interrupt Disable delivers it.

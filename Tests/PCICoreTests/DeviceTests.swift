@@ -67,8 +67,13 @@ import VFIOUserProtocol
         }
         try d.writeRegion(index: RegionIndex.config.rawValue, offset: 0x3C, data: [0x0A][...])
         d.reset(.deviceReset)
-        let s = d.openSession()
-        d.closeSession(s)
+        // A session that never owned the device leaves nothing to reset; the owner does.
+        let observer = d.openSession()
+        d.closeSession(observer)
+        #expect(seen.value == [.deviceReset])
+        let owner = d.openSession()
+        #expect(try d.claimOwnership(owner))
+        d.closeSession(owner)
         #expect(seen.value == [.deviceReset, .disconnect])
         #expect(d.resetCount == 2)
     }

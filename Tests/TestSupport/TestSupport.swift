@@ -1,6 +1,8 @@
 // What several test targets share: a seeded generator, a failure type, and where the
 // repository is. A plain target (not a product), so only the tests depend on it.
 
+
+import Glibc
 /// SplitMix64: tiny, seedable, good enough for generating test inputs reproducibly
 /// without dependencies. A failing randomised test names its seed and replays.
 public struct SplitMix64: RandomNumberGenerator, Sendable {
@@ -54,3 +56,16 @@ public let repositoryRoot: String = {
     parts.removeLast(3)
     return parts.joined(separator: "/")
 }()
+
+/// Polls `condition` (every millisecond) until it holds; false after `timeoutMs`.
+/// A bound on a wait, never a speed assertion.
+public func waitUntil(timeoutMs: Int = 5000, _ condition: () throws -> Bool) rethrows -> Bool {
+    var start = timespec(), now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &start)
+    while true {
+        if try condition() { return true }
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        if (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1_000_000 >= timeoutMs { return false }
+        usleep(1000)
+    }
+}

@@ -45,9 +45,12 @@ import VFIOUserTransport
         let b = try s.client()
         let mem = try ClientMemory(size: 4096)
         try a.dmaMap(mem, address: 0x20000)
-        #expect(throws: ClientError.server(.dmaUnmap, .ENOENT)) { try b.dmaUnmap(address: 0x20000, size: 4096) }
-        try b.dmaUnmapAll()
+        // The device's DMA address space is A's: B may neither unmap nor map.
+        #expect(throws: ClientError.server(.dmaUnmap, .EBUSY)) { try b.dmaUnmap(address: 0x20000, size: 4096) }
+        #expect(throws: ClientError.server(.dmaUnmap, .EBUSY)) { try b.dmaUnmapAll() }
+        #expect(throws: ClientError.server(.dmaMap, .EBUSY)) { try b.dmaMap(mem, address: 0x40000) }
         #expect(device.dma.mappings.count == 1)
+        #expect(throws: ClientError.server(.dmaUnmap, .ENOENT)) { try a.dmaUnmap(address: 0x20000, size: 8192) }
         try a.dmaUnmapAll()
         #expect(device.dma.mappings.isEmpty)
     }

@@ -216,7 +216,7 @@ struct FuzzRun: @unchecked Sendable {
     let spec: String
     let served: ServedDevice
     var fuzz: MessageFuzzer
-    var stats = (replies: 0, errors: 0, closes: 0, serverRequests: 0)
+    var stats = (replies: 0, errors: 0, closes: 0, expectedCloses: 0, serverRequests: 0)
     var sent = 0
     var last = ""
 
@@ -256,6 +256,13 @@ struct FuzzRun: @unchecked Sendable {
             owned.removeAll()   // ours close; the server has its own copies
             let expectsReply = flags & MessageHeader.noReplyFlag == 0
             if !expectsReply { posted.insert(id) }
+            // A request longer than its layout is refused and the connection closed:
+            // its extra bytes may have been the next request's (RequestLayout).
+            if flags & 1 == 0, case .long = RequestLayout.check(command, payload: payload[...]) {
+                try expectClose(&peer, after: id, replyAllowed: expectsReply)
+                posted.removeAll()
+                continue
+            }
 
             // Read until our reply (answering the server's own DMA requests on the way).
             var answered = !expectsReply
@@ -295,6 +302,37 @@ struct FuzzRun: @unchecked Sendable {
             if i % 50 == 49 {
                 guard peer.inSync() else { throw failure("a valid GET_INFO no longer gets its reply") }
                 posted.removeAll()
+            }
+        }
+    }
+
+    /// After a request longer than its layout: at most an error reply to it, then the
+    /// server closes (answering its DMA requests on the way); then a new peer.
+    mutating func expectClose(_ peer: inout RawPeer, after id: UInt16, replyAllowed: Bool) throws {
+        while true {
+            switch peer.receive(timeoutMs: 5000) {
+            case .timeout:
+                throw failure("a request longer than its layout was not followed by a close")
+            case .failed(let why):
+                throw failure("broken stream: \(why)")
+            case .closed:
+                stats.expectedCloses += 1
+                guard served.process.isAlive else { throw failure("the server died") }
+                peer = try RawPeer(path: served.path)
+                try peer.negotiate()
+                return
+            case .message(let m):
+                if !m.header.isReply {
+                    stats.serverRequests += 1
+                    try? peer.socket.send(header: MessageHeader(messageID: m.header.messageID, command: m.header.command,
+                                                                messageSize: 0, flags: 1 | MessageHeader.errorFlag,
+                                                                errorNumber: VFIOErrno.EFAULT.rawValue), payload: [], fds: [])
+                    continue
+                }
+                guard replyAllowed, m.header.messageID == id, m.header.isError, m.header.errorNumber == VFIOErrno.EINVAL.rawValue else {
+                    throw failure("after an over-long request: \(m.header.command) #\(m.header.messageID), not EINVAL to #\(id) then a close")
+                }
+                stats.errors += 1
             }
         }
     }

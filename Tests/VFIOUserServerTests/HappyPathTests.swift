@@ -1,5 +1,6 @@
 import Glibc
 import PCICore
+import TestSupport
 import Testing
 import VFIOUserClient
 import VFIOUserProtocol
@@ -301,8 +302,12 @@ import VFIOUserTransport
         #expect(p.inSync(), "no error reply for failed posted write #\(bad)")
         #expect(p.receive(timeoutMs: 200).isTimeoutOrNothing)
 
-        // The same through the client library.
+        // The same through the client library, once the raw peer (the owner) has left
+        // (which reset the device: memory decoding is off again).
+        p.close()
+        #expect(waitUntil { s.device.owner == nil })
         let c = try s.client()
+        try c.writeConfig16(0x04, Cmd.memory)
         try c.write32(region: 0, offset: 0x104, 0x600D_F00D, posted: true)
         #expect(try c.read32(region: 0, offset: 0x104) == 0x600D_F00D)
     }

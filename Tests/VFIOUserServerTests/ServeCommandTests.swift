@@ -149,4 +149,51 @@ import VFIOUserTransport
             p.kill()
         }
     }
+
+    static let allSpecs = ["default.json", "express-endpoint.json", "minimal.json", "igd.json", "igd-extvbt.json",
+                           "nvlink2.json", "nvlink2-npu.json", "nvgrace.json", "nvgrace-gb200.json", "pasid.json",
+                           "zpci.json", "migratable-vf.json"]
+
+    /// Every spec, with a client connected that owns the device and one that only
+    /// looks: SIGTERM and SIGINT end the server with status 0 and remove the socket,
+    /// whatever threads its device model started.
+    @Test(arguments: allSpecs)
+    func stopSignalsEndEverySpecWithStatus0(spec: String) throws {
+        for sig in [SIGTERM, SIGINT] {
+            let dir = makeTempDir("stop")
+            defer { removeTempDir(dir) }
+            let path = dir + "/s.sock"
+            let p = try VFUProcess.serve(spec: specPath(spec), socket: path, extra: ["--log-level", "notice"])
+            defer { p.kill() }
+            let owner = try makeClient(path)
+            try owner.writeConfig16(0x04, 0x6)
+            let observer = try makeClient(path)
+            #expect(try observer.deviceInfo().numRegions >= 9)
+            p.signal(sig)
+            let status = p.wait(timeoutMs: 10_000)
+            #expect(status == .exited(0), "\(spec), signal \(sig): \(String(describing: status)); stderr: \(p.stderr)")
+            #expect(!fileExists(path), "\(spec): the socket file is removed")
+            #expect(p.stderr.contains("closing 2 live connection(s)"), "\(spec): \(p.stderr)")
+            #expect(throws: ClientError.self) { _ = try owner.deviceInfo() }
+        }
+    }
+
+    /// `--fd` must name a listening Unix stream socket; anything else is refused before
+    /// serving (it used to spin on accept at 100% CPU).
+    @Test func serveFDRefusesWhatIsNotAListeningUnixSocket() throws {
+        let dir = makeTempDir("fdcheck")
+        defer { removeTempDir(dir) }
+        // fd 99 is not open in the child (posix_spawn closes nothing, but our fds are CLOEXEC).
+        let closed = try VFUProcess(arguments: ["serve", specPath("default.json"), "--fd", "99"], stderrPath: dir + "/closed.err")
+        #expect(closed.wait(timeoutMs: 20_000) == .exited(2))
+        #expect(closed.stderr.contains("--fd 99: fd 99 is not open"), "\(closed.stderr)")
+        // fd 0 is /dev/null in the child: not a socket.
+        let file = try VFUProcess(arguments: ["serve", specPath("default.json"), "--fd", "0"], stderrPath: dir + "/file.err")
+        #expect(file.wait(timeoutMs: 20_000) == .exited(2))
+        #expect(file.stderr.contains("is not a socket"), "\(file.stderr)")
+        // fd 1 is a regular file.
+        let out = try VFUProcess(arguments: ["serve", specPath("default.json"), "--fd", "1"], stderrPath: dir + "/out.err")
+        #expect(out.wait(timeoutMs: 20_000) == .exited(2))
+        #expect(out.stderr.contains("is not a socket"), "\(out.stderr)")
+    }
 }

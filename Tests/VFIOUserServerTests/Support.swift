@@ -462,8 +462,22 @@ enum Doorbell {
         try c.write32(region: bar, offset: irqVector, vector)
     }
 
-    static func ring(_ c: VFIOUserClient, _ command: UInt32, posted: Bool = false) throws {
+    /// Rings the doorbell and, unless `wait` is false, waits until COMPLETIONS moves:
+    /// the write is answered at once and the command runs afterwards as a device job,
+    /// as on hardware (a driver polls or waits for the interrupt).
+    static func ring(_ c: VFIOUserClient, _ command: UInt32, posted: Bool = false, wait: Bool = true) throws {
+        let before = wait ? try read(c, completions) : 0
         try c.write32(region: bar, offset: doorbell, command, posted: posted)
+        if wait { try waitForCompletions(c, above: before) }
+    }
+
+    /// Polls COMPLETIONS until it passes `above` (10 s at most, then throws).
+    static func waitForCompletions(_ c: VFIOUserClient, above: UInt32) throws {
+        let deadline = monotonicMs() + 10_000
+        while try read(c, completions) == above {
+            guard monotonicMs() < deadline else { throw TestFailure("the doorbell command never completed") }
+            usleep(200)
+        }
     }
 
     static func read(_ c: VFIOUserClient, _ reg: UInt64) throws -> UInt32 { try c.read32(region: bar, offset: reg) }

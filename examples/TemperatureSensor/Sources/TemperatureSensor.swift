@@ -86,15 +86,24 @@ public final class TemperatureSensorModel: RegionAccessHandler, @unchecked Senda
     /// A new reading from the sensor. An upward crossing of the threshold sets
     /// STATUS bit 0 and, when CONTROL enables it, raises the MSI-X vector in
     /// IRQ_VECTOR (pending if the guest masked it; the core delivers it on unmask).
+    ///
+    /// The reading registers at once; what the crossing sets off runs as a device job
+    /// (`PCIDevice.submitWork`), after the access that fed the reading has been
+    /// answered, as a sensor's alarm logic would. A reset in between cancels it.
     public func record(_ milliCelsius: Int32) {
         device.lock.withLock {
             let old = temperature
             temperature = milliCelsius
             guard old < threshold, milliCelsius >= threshold else { return }
-            status |= Self.statusCrossed
-            crossings &+= 1
-            if control & Self.controlInterruptEnable != 0 {
-                device.raiseInterrupt(vector: Int(irqVector))
+            device.submitWork { [weak self] job in
+                job.withDevice { device in
+                    guard let self else { return }
+                    self.status |= Self.statusCrossed
+                    self.crossings &+= 1
+                    if self.control & Self.controlInterruptEnable != 0 {
+                        device.raiseInterrupt(vector: Int(self.irqVector))
+                    }
+                }
             }
         }
     }
