@@ -2,13 +2,20 @@
 # qemu-e2e.sh [SPEC.json...] - end-to-end test of `vfu serve` against QEMU's real
 # vfio-user client (vfio-user-pci, QEMU 11.x from trixie-backports).
 #
-# For each spec (default: every specs/*.json that scripts/e2e_check.py --can-test accepts):
-#   1. starts  $VFU serve SPEC --socket $WORK/NAME.sock   (log: $LOG_DIR/NAME.server.log)
+# For each spec (default: every specs/*.json that scripts/e2e_check.py --can-test accepts)
+# and each guest-RAM configuration in $RAM_MODES (default "memfd default"):
+#   1. starts  $VFU serve SPEC --socket $WORK/NAME.sock   (log: $LOG_DIR/NAME@RAM.server.log)
 #   2. boots the test guest with scripts/qemu-run-guest.sh, kernel parameters from
-#      `e2e_check.py --cmdline SPEC` (log: $LOG_DIR/NAME.guest.log)
-#   3. stops the server with SIGTERM (SIGKILL after $STOP_TIMEOUT s counts as a failure)
+#      `e2e_check.py --cmdline SPEC` (log: $LOG_DIR/NAME@RAM.guest.log). RAM "memfd": guest
+#      RAM is a shared memfd and DMA_MAP carries fds; "default": QEMU's default RAM, no
+#      fds, so every device DMA is a DMA_READ/DMA_WRITE message to QEMU.
+#   3. stops the server with SIGTERM: only exit status 0 passes (SIGKILL after
+#      $STOP_TIMEOUT s, 143 or anything else is a failure)
 #   4. runs scripts/e2e_check.py SPEC GUEST_LOG: ids, BARs, capabilities, MMIO values,
 #      scratch write, DMA, interrupts; QEMU abort (134) / timeout / dropped connection fail.
+# Then (unless TWO_VMMS=0) two QEMUs on one server: the first boots and passes its checks,
+# the second is refused (it exits with "Device or resource busy") and nothing of the
+# first guest's is disturbed.
 # Prints PASS/FAIL lines and ends with exactly one line "N passed, M failed".
 # Exit status: 0 if everything passed, 1 if a check failed, 2 on a setup problem.
 #
@@ -25,6 +32,8 @@
 #   DROP_PATTERN                regex (Python) for server-log lines meaning "dropped the
 #                               connection"; default in e2e_check.py
 #   QEMU_ROOT, GUEST_DIR, RUN_MODE, VFU_TRACE=1 (QEMU trace per spec in LOG_DIR)
+#   RAM_MODES ("memfd default")  guest-RAM configurations to run every spec in
+#   TWO_VMMS (1)                 0 skips the two-QEMUs-on-one-server check
 set -euo pipefail
 exec </dev/null
 
@@ -36,6 +45,7 @@ SERVER_START_TIMEOUT=${SERVER_START_TIMEOUT:-15}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 LOG_DIR=${LOG_DIR:-/tmp/vfu-e2e-logs}
 PY=${PYTHON:-python3}
+RAM_MODES=${RAM_MODES:-memfd default}
 export BOOT_TIMEOUT
 
 say() { echo "qemu-e2e: $*" >&2; }
@@ -91,8 +101,10 @@ hpass() { echo "PASS spec=$1 check=$2${3:+ $3}"; PASSED=$((PASSED + 1)); }
 
 T_ALL=$SECONDS
 for SPEC in "${SPECS[@]}"; do
-  NAME=$(basename "$SPEC" .json)
-  SOCK="$WORK/$NAME.sock"
+for RAM in $RAM_MODES; do
+  BASE=$(basename "$SPEC" .json)
+  NAME="$BASE@$RAM"
+  SOCK="$WORK/$BASE.sock"
   SLOG="$LOG_DIR/$NAME.server.log"
   GLOG="$LOG_DIR/$NAME.guest.log"
   CLOG="$LOG_DIR/$NAME.check.log"
@@ -131,7 +143,7 @@ for SPEC in "${SPECS[@]}"; do
   [ -n "${VFU_TRACE:-}" ] && TRACE_ENV=(VFU_TRACE="$LOG_DIR/$NAME.qemu-trace.log")
   set +e
   # shellcheck disable=SC2086
-  env "${TRACE_ENV[@]}" "$SCRIPT_DIR/qemu-run-guest.sh" "$SOCK" $ARGS >"$GLOG" 2>&1
+  env "${TRACE_ENV[@]}" GUEST_RAM="$RAM" "$SCRIPT_DIR/qemu-run-guest.sh" "$SOCK" $ARGS >"$GLOG" 2>&1
   QST=$?
   set -e
   say "guest finished with QEMU status $QST after $((SECONDS - T0))s (log: $GLOG)"
@@ -143,7 +155,7 @@ for SPEC in "${SPECS[@]}"; do
     for _ in $(seq $((STOP_TIMEOUT * 10))); do kill -0 "$SERVER_PID" 2>/dev/null || { stopped=1; break; }; sleep 0.1; done
     if [ $stopped = 1 ]; then
       set +e; wait "$SERVER_PID"; st=$?; set -e
-      case $st in 0|143) hpass "$NAME" server-stop "SIGTERM -> status $st" ;;
+      case $st in 0) hpass "$NAME" server-stop "SIGTERM -> status $st" ;;
                   *) hfail "$NAME" server-stop "exit status 0 after SIGTERM" "status $st" ;; esac
     else
       kill -KILL "$SERVER_PID" 2>/dev/null || true
@@ -163,7 +175,8 @@ for SPEC in "${SPECS[@]}"; do
   set +e
   EFF="$LOG_DIR/$NAME.effective.json"
   if "$VFU" check-spec --effective "$SPEC" >"$EFF" 2>/dev/null; then CHECK_ARGS+=(--effective "$EFF"); fi
-  "$PY" "$SCRIPT_DIR/e2e_check.py" "$SPEC" "$GLOG" "${CHECK_ARGS[@]}" >"$CLOG" 2>&1
+  # The checks name the spec; the RAM configuration is added to every line.
+  "$PY" "$SCRIPT_DIR/e2e_check.py" "$SPEC" "$GLOG" "${CHECK_ARGS[@]}" 2>&1 | sed "s/ spec=$BASE / spec=$NAME /" >"$CLOG"
   set -e
   cat "$CLOG"
   count "$CLOG"
@@ -175,6 +188,12 @@ for SPEC in "${SPECS[@]}"; do
   fi
   say "$NAME done in $((SECONDS - T0))s"
 done
+done
+
+# ------------------------------------------------------------ two VMMs, one device
+if [ "${TWO_VMMS:-1}" = 1 ]; then
+  . "$SCRIPT_DIR/e2e-two-vmms.sh"
+fi
 say "all specs done in $((SECONDS - T_ALL))s; logs in $LOG_DIR"
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]

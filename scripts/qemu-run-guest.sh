@@ -15,6 +15,9 @@
 #   QEMU_ROOT (/var/tmp/vfu-qemu-root)  GUEST_DIR (/var/tmp/vfu-guest)
 #   BOOT_TIMEOUT (60)       seconds before QEMU is killed
 #   GUEST_MEM (512M)        guest RAM (the DMA window assumes 512M)
+#   GUEST_RAM (memfd)       memfd: guest RAM is a shared memfd, so DMA_MAP carries fds and
+#                           the server mmaps guest memory; default: QEMU's default RAM
+#                           (no fd), so every device DMA is a DMA_READ/DMA_WRITE message
 #   RUN_MODE (direct)       direct: run the root's QEMU on the host through the root's
 #                           own ld.so (no chroot, no mounts);  chroot: run it inside
 #                           $QEMU_ROOT with the socket's directory bind-mounted (root only)
@@ -30,6 +33,12 @@ GUEST_DIR=${GUEST_DIR:-/var/tmp/vfu-guest}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}
 GUEST_MEM=${GUEST_MEM:-512M}
 RUN_MODE=${RUN_MODE:-direct}
+GUEST_RAM=${GUEST_RAM:-memfd}
+case "$GUEST_RAM" in
+  memfd)   MEM_ARGS=(-machine q35,memory-backend=mem -object "memory-backend-memfd,id=mem,size=$GUEST_MEM,share=on") ;;
+  default) MEM_ARGS=(-machine q35) ;;
+  *) echo "qemu-run-guest.sh: GUEST_RAM must be memfd or default" >&2; exit 2 ;;
+esac
 
 die() { echo "qemu-run-guest.sh: $*" >&2; exit 2; }
 [ $# -ge 1 ] || die "usage: qemu-run-guest.sh SOCKET [extra kernel args...]"
@@ -100,8 +109,7 @@ set +e
 # shellcheck disable=SC2086
 timeout -k 5 "$BOOT_TIMEOUT" "${QEMU[@]}" \
   -nographic -no-reboot -accel tcg -smp 1 -m "$GUEST_MEM" \
-  -machine q35,memory-backend=mem \
-  -object memory-backend-memfd,id=mem,size="$GUEST_MEM",share=on \
+  "${MEM_ARGS[@]}" \
   -vga none -net none \
   -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initramfs.cpio.gz" -append "$APPEND" \
   "${DEV_ARGS[@]}" "${TRACE_ARGS[@]}" ${QEMU_EXTRA:-} </dev/null

@@ -35,7 +35,7 @@ enum Dispatcher {
             c.logger.warning("\(h.command) #\(h.messageID): \(actual)-byte payload where its layout has \(expected); the stream cannot be trusted")
             return .errorThenClose(.EINVAL)
         }
-        if requiresOwnership(h.command) {
+        if requiresOwnership(h.command), !isMigrationRecovery(h.command, c) {
             do { try claim(h.command, c) } catch { return .error(error) }
         }
         do {
@@ -85,6 +85,14 @@ enum Dispatcher {
         case .dmaMap, .dmaUnmap, .deviceSetIRQs, .regionWrite, .regionWriteMulti, .deviceReset: true
         default: false
         }
+    }
+
+    /// Only a reset leaves the migration ERROR state, and migration is driven from the
+    /// management side (QEMU 11.1 does not migrate vfio-user devices): the tool whose
+    /// migration failed may reset the device out of ERROR without owning it.
+    static func isMigrationRecovery(_ command: Command, _ c: Connection) -> Bool {
+        guard command == .deviceReset, let mig = c.device.migration else { return false }
+        return c.device.lock.withLock { mig.state == .error }
     }
 
     /// Makes the connection the device's owner if nobody is; EBUSY (logged) if another is.

@@ -115,8 +115,9 @@ public final class VFIOUserServer: Sendable {
     /// but a connection's own.
     public func stop() {
         let (l, live) = state.withLock { s -> (UnixListener?, [(Int, Connection)]) in
-            s.stopped = true
-            return (s.listener, s.live.map { ($0.key, $0.value.connection) })
+            // A second caller only waits: the first one closes.
+            defer { s.stopped = true }
+            return s.stopped ? (nil, []) : (s.listener, s.live.map { ($0.key, $0.value.connection) })
         }
         l?.close()
         if !live.isEmpty { logger.notice("shutting down: closing \(live.count) live connection(s)") }

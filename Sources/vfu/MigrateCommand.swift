@@ -23,8 +23,9 @@ struct MigrateCommand: ParsableCommand {
             --keep-running); --from-file F --to SOCK loads it.
 
             Guest RAM is the VMM's business: this tool moves device state only \
-            (docs/migration.md). The destination resets when its last client leaves, so keep \
-            its VMM connected.
+            (docs/migration.md). This tool never owns a device (docs/architecture.md): it \
+            works next to the VMMs, and a destination keeps the loaded state until its \
+            owning VMM leaves.
 
             --bench measures stop-copy of a --bench-size device between two in-process servers \
             against a plain copy of the same bytes over a Unix socket.

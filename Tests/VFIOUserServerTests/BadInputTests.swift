@@ -273,6 +273,57 @@ import VFIOUserTransport
         }
     }
 
+    /// A REGION_READ whose header claims 48 bytes swallowed the start of the next
+    /// request: it is refused and the connection closes before the rest of that request
+    /// is read as a header; nothing is answered to a message that was never sent.
+    @Test func aRequestLongerThanItsLayoutIsRefusedAndTheConnectionClosed() throws {
+        try withServer("long") { s in
+            let p = try negotiatedPeer(s)
+            let next = encodeMessage(MessageHeader(messageID: 0x77, command: .regionRead, messageSize: 0),
+                                     payload: RegionAccess(offset: 0, region: 7, count: 4))
+            var first = encodeMessage(MessageHeader(messageID: 0x66, command: .regionRead, messageSize: 0),
+                                      payload: RegionAccess(offset: 0, region: 7, count: 4))
+            first += next.prefix(16)
+            first.setLE32(48, at: 4)   // msg_size covers the next request's header
+            try p.sendRaw(first + next.dropFirst(16))
+            let x = p.receive()
+            #expect(errorNumber(x) == 22 && x.message?.header.messageID == 0x66, "\(x)")
+            #expect(p.receive().isClosed, "closed, without answering the rest as a message")
+            // Every fixed-layout command, one byte too long, from fresh connections.
+            for (cmd, payload) in [(Command.dmaUnmap, DMAUnmapRequest(address: 0, size: 0x1000).encoded),
+                                   (.deviceGetIRQInfo, IRQInfo(index: 0).encoded), (.deviceReset, []),
+                                   (.regionWrite, RegionAccess(offset: 0, region: 7, data: [0]).encoded)] {
+                let q = try negotiatedPeer(s)
+                let (id, r) = try q.call(cmd, payload + [0])
+                #expect(errorNumber(r) == 22 && r.message?.header.messageID == id, "\(cmd): \(r)")
+                #expect(q.receive().isClosed, "\(cmd): closed")
+            }
+        }
+    }
+
+    /// Requests pipelined in one write, and the same bytes split at every offset, are
+    /// all answered in order.
+    @Test func pipelinedAndSplitRequestsAreAnsweredInOrder() throws {
+        try withServer("split") { s in
+            let p = try negotiatedPeer(s)
+            var stream: [UInt8] = []
+            let ids: [UInt16] = (0..<3).map { 0x200 + $0 }
+            for id in ids {
+                stream += encodeMessage(MessageHeader(messageID: id, command: .regionRead, messageSize: 0),
+                                        payload: RegionAccess(offset: 0, region: 7, count: 4))
+            }
+            func answered() -> [UInt16] { ids.compactMap { _ in p.receive().message.map { $0.header.messageID } } }
+            try p.sendRaw(stream)
+            #expect(answered() == ids)
+            for cut in 1..<stream.count {
+                try p.sendRaw(Array(stream[..<cut]))
+                try p.sendRaw(Array(stream[cut...]))
+                #expect(answered() == ids, "split at \(cut)")
+            }
+            #expect(p.inSync())
+        }
+    }
+
     // MARK: VERSION
 
     @Test func aSecondVersionIsEINVALAndTheConnectionLivesOn() throws {

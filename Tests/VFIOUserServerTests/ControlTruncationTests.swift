@@ -44,4 +44,29 @@ import VFIOUserTransport
         #expect(try VFIOUserClient(path: dir + "/s.sock").deviceInfo().flags.contains(.pci))
         #expect(server.stderr.contains("MSG_CTRUNC"), "\(server.stderr)")
     }
+
+    /// Out of fds, accept fails with EMFILE for as long as the client waits: the server
+    /// backs off instead of spinning (it used to log ~200,000 lines a second), and the
+    /// waiting client is served once an fd is free again.
+    @Test func acceptBacksOffWhenOutOfFDs() throws {
+        let dir = makeTempDir("emfile")
+        defer { removeTempDir(dir) }
+        let path = dir + "/s.sock"
+        let server = try VFUProcess.serve(socket: path)
+        defer { server.kill() }
+        // The limit is on fd numbers: below the lowest free one, accept has no room.
+        let open = Set(server.fdTable.compactMap { Int($0.split(separator: " ")[0]) })
+        let lowestFree = (0...).first { !open.contains($0) }!
+        try prlimit(server.pid, soft: lowestFree)
+        let waiting = try MessageSocket.connect(path: path)   // queued by the kernel, not accepted
+        defer { waiting.fd.close() }
+        usleep(1_500_000)
+        let lines = server.stderr.split(separator: "\n").filter { $0.contains("accept failed") }
+        #expect(!lines.isEmpty, "the EMFILE is logged: \(server.stderr)")
+        #expect(lines.count <= 10, "\(lines.count) accept failures logged in 1.5 s: it spins")
+        try prlimit(server.pid, soft: 1024)
+        let c = try VFIOUserClient(path: path)
+        #expect(try c.deviceInfo().numRegions == 9, "served once fds are free")
+        #expect(server.isAlive)
+    }
 }

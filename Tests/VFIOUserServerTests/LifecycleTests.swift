@@ -146,6 +146,23 @@ import VFIOUserTransport
         #expect(try a.read32(region: 0, offset: 0x104) == 0xA11C_E001)
         #expect(s.device.resetCount == 0)
     }
+
+    /// stop() closes live connections (the clients see the close) and joins their
+    /// threads before it returns; the device's work thread ends with stopWork().
+    @Test func stopClosesLiveConnectionsAndJoinsTheirThreads() throws {
+        let s = try InProcessServer(tag: "stop-live")
+        let a = try s.client()
+        let b = try s.client()
+        #expect(try a.deviceInfo().numRegions == 9 && b.deviceInfo().numRegions == 9)
+        #expect(s.server.connectionCounts.active == 2)
+        s.stop()
+        #expect(s.server.connectionCounts.active == 0, "every connection thread has ended")
+        #expect(throws: ClientError.self) { _ = try a.deviceInfo() }
+        #expect(throws: ClientError.self) { _ = try b.deviceInfo() }
+        s.device.stopWork()
+        #expect(!s.device.submitWork { _ in }, "no work after stopWork")
+    }
+
 }
 
 func monotonicNow() -> Int {
