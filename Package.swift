@@ -18,9 +18,10 @@ let strict: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
 ]
 
+// Linux only: the transport, the core and the server use Glibc, eventfd, memfd and
+// SCM_RIGHTS directly (there is no Linux entry for `platforms`, so none is given).
 let package = Package(
     name: "swift-vfio-user",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "vfu", targets: ["vfu"]),
         .library(name: "VFIOUserProtocol", targets: ["VFIOUserProtocol"]),
@@ -56,7 +57,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "VariantDevices",
-            dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", "CVFIOUserShim", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", "VFIOUserTransport", "CVFIOUserShim"],
             swiftSettings: strict),
         .target(
             name: "VFIOUserClient",

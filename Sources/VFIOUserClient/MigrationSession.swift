@@ -184,7 +184,6 @@ public struct Migrator {
                 let estimate = s.migrationDataSize()
                 try beforeStopCopy?()
                 try s.setMigrationState(.stopCopy)
-                let tA = Self.now()
                 try whileStopped?()
                 if useDirectPath(s), case .device(let d, _) = sink! {
                     report.stopCopyBytes = try direct(from: s, to: d, phase: "stop-copy")
@@ -196,12 +195,10 @@ public struct Migrator {
                 } else {
                     report.stopCopyBytes = try pump(from: s, to: sink!, chunk: chunk, estimate: estimate, start: start, moved: &moved)
                 }
-                let tB = Self.now()
                 try s.setMigrationState(.stop)
                 report.stopCopySeconds = Self.now() - t1
                 try finishDestination(sink!, &phase)
                 report.downtimeSeconds = Self.now() - t1
-                if getenv("VFU_TRACE") != nil { print("set-stopcopy \((tA-t1)*1000) transfer \((tB-tA)*1000) set-stop \((t1+report.stopCopySeconds-tB)*1000) finish \((report.downtimeSeconds-report.stopCopySeconds)*1000)") }
                 if case .file = destination, resumeSourceAfterSave { try s.setMigrationState(.running) }
             case .file(let path):
                 phase = "reading \(path)"
@@ -273,14 +270,12 @@ public struct Migrator {
         spawnThread(name: "vfu-mig-direct") {
             let r = Result { () throws(ClientError) -> UInt64 in try s.transferMigrationStream(fd: out.rawValue, load: false) }
             out.close()   // the source is done: our copy must go too, or the destination never sees EOF
-            if getenv("VFU_TRACE") != nil { print("source done at \(Self.now())") }
             sent.fulfil(r)
         }
         let received: Result<UInt64, ClientError> = Result { () throws(ClientError) -> UInt64 in
             try d.transferMigrationStream(fd: into.rawValue, load: true)
         }
         into.close()   // unblocks the source if the destination stopped reading early
-        if getenv("VFU_TRACE") != nil { print("dest done at \(Self.now())") }
         let bytesOut = try sent.wait().get()
         let bytesIn = try received.get()
         guard bytesOut == bytesIn else {
