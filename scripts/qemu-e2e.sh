@@ -15,7 +15,8 @@
 #      scratch write, DMA, interrupts; QEMU abort (134) / timeout / dropped connection fail.
 # Then (unless TWO_VMMS=0) two QEMUs on one server: the first boots and passes its checks,
 # the second is refused (it exits with "Device or resource busy") and nothing of the
-# first guest's is disturbed.
+# first guest's is disturbed. And (unless TWO_DEVICES=0) one `vfu serve` process serving two
+# specs to one guest.
 # Prints PASS/FAIL lines and ends with exactly one line "N passed, M failed".
 # Exit status: 0 if everything passed, 1 if a check failed, 2 on a setup problem.
 #
@@ -34,6 +35,7 @@
 #   QEMU_ROOT, GUEST_DIR, RUN_MODE, VFU_TRACE=1 (QEMU trace per spec in LOG_DIR)
 #   RAM_MODES ("memfd default")  guest-RAM configurations to run every spec in
 #   TWO_VMMS (1)                 0 skips the two-QEMUs-on-one-server check
+#   TWO_DEVICES (1)              0 skips the two-devices-from-one-process check
 set -euo pipefail
 exec </dev/null
 
@@ -193,6 +195,10 @@ done
 # ------------------------------------------------------------ two VMMs, one device
 if [ "${TWO_VMMS:-1}" = 1 ]; then
   . "$SCRIPT_DIR/e2e-two-vmms.sh"
+fi
+# ------------------------------------------------------------ two devices, one process
+if [ "${TWO_DEVICES:-1}" = 1 ]; then
+  . "$SCRIPT_DIR/e2e-two-devices.sh"
 fi
 say "all specs done in $((SECONDS - T_ALL))s; logs in $LOG_DIR"
 echo "$PASSED passed, $FAILED failed"

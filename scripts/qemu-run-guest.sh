@@ -26,6 +26,8 @@
 #                           ',"x-no-posted-writes":true,"x-msg-timeout":20000'
 #   QEMU_EXTRA              extra QEMU arguments (word-split)
 #   NO_DEVICE=1             boot without the vfio-user device (SOCKET is ignored)
+#   EXTRA_SOCKETS           more vfio-user devices: space-separated socket paths, placed at
+#                           06.0, 07.0, ... (RUN_MODE=direct only)
 set -euo pipefail
 
 QEMU_ROOT=${QEMU_ROOT:-/var/tmp/vfu-qemu-root}
@@ -97,6 +99,13 @@ if [ "${NO_DEVICE:-0}" != 1 ]; then
   CSOCK_JSON=${CSOCK//\\/\\\\}; CSOCK_JSON=${CSOCK_JSON//\"/\\\"}
   DEV_ARGS=(-device "{\"driver\":\"vfio-user-pci\",\"id\":\"vfu0\",\"socket\":{\"type\":\"unix\",\"path\":\"$CSOCK_JSON\"},\"addr\":\"05.0\"${VFU_DEVICE_PROPS:-}}")
 fi
+k=6
+for extra in ${EXTRA_SOCKETS:-}; do
+  [ "$RUN_MODE" = direct ] || die "EXTRA_SOCKETS needs RUN_MODE=direct"
+  extra=$(realpath -m "$extra"); extra=${extra//\\/\\\\}; extra=${extra//\"/\\\"}
+  DEV_ARGS+=(-device "{\"driver\":\"vfio-user-pci\",\"id\":\"vfu$k\",\"socket\":{\"type\":\"unix\",\"path\":\"$extra\"},\"addr\":\"0$k.0\"}")
+  k=$((k + 1))
+done
 TRACE_ARGS=()
 [ -n "${TRACE_FILE:-}" ] && TRACE_ARGS=(-trace 'vfio_user_*' -D "$TRACE_FILE")
 

@@ -1,4 +1,6 @@
+import DeviceSpecs
 import Glibc
+import TestSupport
 import Testing
 import VFIOUserClient
 import VFIOUserProtocol
@@ -195,5 +197,80 @@ import VFIOUserTransport
         let out = try VFUProcess(arguments: ["serve", specPath("default.json"), "--fd", "1"], stderrPath: dir + "/out.err")
         #expect(out.wait(timeoutMs: 20_000) == .exited(2))
         #expect(out.stderr.contains("is not a socket"), "\(out.stderr)")
+    }
+
+    /// Several devices in one process, each on its own socket and isolated: one client
+    /// owning one device does not make the other busy; both stop with status 0.
+    @Test func severalSpecsAreServedByOneProcessEachOnItsOwnSocket() throws {
+        let dir = makeTempDir("multi")
+        defer { removeTempDir(dir) }
+        let p = try VFUProcess(arguments: ["serve", specPath("default.json"), specPath("minimal.json"),
+                                           "--socket-dir", dir, "--log-level", "warning"], stderrPath: dir + "/err")
+        defer { p.kill() }
+        #expect(waitUntil(timeoutMs: 20_000) { fileExists(dir + "/default.sock") && fileExists(dir + "/minimal.sock") }, "\(p.stderr)")
+        let a = try makeClient(dir + "/default.sock")
+        let b = try makeClient(dir + "/minimal.sock")
+        #expect(try a.readConfig32(0) != b.readConfig32(0), "two different devices")
+        try a.writeConfig16(0x04, 0x2)
+        try b.writeConfig16(0x04, 0x2)   // each device has its own owner
+        #expect(try a.readConfig16(0x04) == 0x2 && b.readConfig16(0x04) == 0x2)
+        let a2 = try makeClient(dir + "/default.sock")
+        a2.expectErrno(.EBUSY) { try a2.writeConfig16(0x04, 0) }
+        p.signal(SIGTERM)
+        #expect(p.wait(timeoutMs: 10_000) == .exited(0), "\(p.stderr)")
+        #expect(!fileExists(dir + "/default.sock") && !fileExists(dir + "/minimal.sock"))
+        // Pairing rules: one --socket per spec.
+        let bad = try VFUProcess(arguments: ["serve", specPath("default.json"), specPath("minimal.json"), "--socket", dir + "/x.sock"],
+                                 stderrPath: dir + "/bad.err")
+        #expect(bad.wait(timeoutMs: 20_000) != .exited(0))
+        #expect(bad.stderr.contains("2 spec(s) but 1 --socket"), "\(bad.stderr)")
+    }
+
+    /// systemd socket activation: LISTEN_FDS sockets from fd 3, LISTEN_PID this process,
+    /// LISTEN_FDNAMES matching the specs' names (here in the opposite order).
+    @Test func socketActivationServesThePassedSocketsByName() throws {
+        let dir = makeTempDir("activation")
+        defer { removeTempDir(dir) }
+        let la = try UnixListener(path: dir + "/a.sock"), lb = try UnixListener(path: dir + "/b.sock")
+        defer { la.close(); lb.close() }
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 2, dir + "/err", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&fa, la.fd.rawValue, 3)   // dup2 clears CLOEXEC
+        posix_spawn_file_actions_adddup2(&fa, lb.fd.rawValue, 4)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
+        // fd 3 (a.sock) is named "minimal", fd 4 (b.sock) "default"; the specs come the other way round.
+        let script = "LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=minimal:default exec \"$0\" serve \"$1\" \"$2\""
+        let args = ["/bin/sh", "-c", script, vfuPath, specPath("default.json"), specPath("minimal.json")]
+        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        var pid: pid_t = 0
+        #expect(posix_spawn(&pid, "/bin/sh", &fa, &attr, argv, environ) == 0)
+        defer { if pid > 0 { kill(pid, SIGKILL); var st: Int32 = 0; waitpid(pid, &st, 0) } }
+        let onA = try makeClient(dir + "/a.sock"), onB = try makeClient(dir + "/b.sock")
+        let minimal = try DeviceSpecSummary(specPath("minimal.json")), standard = try DeviceSpecSummary(specPath("default.json"))
+        #expect(try onA.readConfig32(0) == minimal.ids, "fd 3 serves the spec named minimal")
+        #expect(try onB.readConfig32(0) == standard.ids, "fd 4 serves the spec named default")
+        kill(pid, SIGTERM)
+        var st: Int32 = 0
+        #expect(waitpid(pid, &st, 0) == pid && st == 0, "status \(st): \(readWholeFile(dir + "/err"))")
+        pid = 0
+    }
+}
+
+/// The vendor and device ids of a spec file, as a client sees them in config dword 0.
+struct DeviceSpecSummary {
+    let ids: UInt32
+    init(_ path: String) throws {
+        let id = try DeviceSpec.load(path: path).configuration.identity
+        ids = UInt32(id.vendor) | UInt32(id.device) << 16
     }
 }
