@@ -25,7 +25,7 @@
 #
 # Environment:
 #   VFU (.build/debug/vfu)      server binary
-#   BOOT_TIMEOUT (60)           seconds per guest boot
+#   BOOT_TIMEOUT (90)           seconds per guest boot
 #   SERVER_START_TIMEOUT (15)   seconds to wait for the server's socket
 #   STOP_TIMEOUT (10)           seconds to wait for the server after SIGTERM
 #   LOG_DIR (/tmp/vfu-e2e-logs) where logs are kept
@@ -42,7 +42,7 @@ exec </dev/null
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 VFU=${VFU:-$REPO/.build/debug/vfu}
-BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-90}
 SERVER_START_TIMEOUT=${SERVER_START_TIMEOUT:-15}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 LOG_DIR=${LOG_DIR:-/tmp/vfu-e2e-logs}
