@@ -19,9 +19,8 @@ import VFIOUserTransport
 /// ``DeviceJob/withDevice(_:)`` does not run, so a job never writes its results
 /// into a device that was reset under it.
 public final class DeviceWorkQueue: @unchecked Sendable {
-    // Guarded by `mutex`; pointers so the storage never moves.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let cond: UnsafeMutablePointer<pthread_cond_t>
+    // @unchecked: every field below is only touched with `lock` held.
+    private let lock = ConditionLock()
     private var jobs: [(generation: UInt64, body: @Sendable (DeviceJob) -> Void)] = []
     private var head = 0
     private var running = false
@@ -32,27 +31,14 @@ public final class DeviceWorkQueue: @unchecked Sendable {
     /// The device the jobs act on; weak so a queued job never keeps a device alive.
     weak var device: PCIDevice?
 
-    init(name: String) {
-        self.name = name
-        mutex = .allocate(capacity: 1)
-        cond = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-        cond.deallocate()
-    }
+    init(name: String) { self.name = name }
 
     /// Queues `body` to run on the device's work thread (started on first use).
     /// Returns false, running nothing, once the queue has been stopped.
     @discardableResult
     func submit(generation: UInt64, _ body: @escaping @Sendable (DeviceJob) -> Void) -> Bool {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        lock.lock()
+        defer { lock.unlock() }
         guard !stopped else { return false }
         jobs.append((generation, body))
         if !running {
@@ -60,22 +46,22 @@ public final class DeviceWorkQueue: @unchecked Sendable {
             // The thread holds the queue, never the device.
             thread = startThread(name: name) { [self] in loop() }
         }
-        pthread_cond_signal(cond)
+        lock.signal()
         return true
     }
 
     private func loop() {
         while true {
-            pthread_mutex_lock(mutex)
+            lock.lock()
             while head == jobs.count && !stopped {
                 busy = false
-                pthread_cond_broadcast(cond)  // wakes `waitUntilIdle`
-                pthread_cond_wait(cond, mutex)
+                lock.broadcast()  // wakes `waitUntilIdle`
+                lock.wait()
             }
             if stopped && head == jobs.count {
                 busy = false
-                pthread_cond_broadcast(cond)
-                pthread_mutex_unlock(mutex)
+                lock.broadcast()
+                lock.unlock()
                 return
             }
             let job = jobs[head]
@@ -85,7 +71,7 @@ public final class DeviceWorkQueue: @unchecked Sendable {
                 head = 0
             }
             busy = true
-            pthread_mutex_unlock(mutex)
+            lock.unlock()
             // A job whose device is gone has nothing to act on.
             if let device {
                 job.body(DeviceJob(device: device, generation: job.generation))
@@ -98,29 +84,22 @@ public final class DeviceWorkQueue: @unchecked Sendable {
     @discardableResult
     public func waitUntilIdle(timeoutMs: Int = 5000) -> Bool {
         let deadline = monotonicMs() + timeoutMs
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
+        lock.lock()
+        defer { lock.unlock() }
         while head < jobs.count || busy {
-            let left = deadline - monotonicMs()
-            if left <= 0 { return false }
-            var ts = timespec()
-            clock_gettime(CLOCK_REALTIME, &ts)
-            ts.tv_sec += left / 1000
-            ts.tv_nsec += (left % 1000) * 1_000_000
-            if ts.tv_nsec >= 1_000_000_000 { ts.tv_sec += 1; ts.tv_nsec -= 1_000_000_000 }
-            _ = pthread_cond_timedwait(cond, mutex, &ts)
+            if !lock.wait(untilMonotonicMs: deadline) && monotonicMs() >= deadline { return false }
         }
         return true
     }
 
     /// Runs what is queued, refuses anything new, and joins the thread.
     func stop() {
-        pthread_mutex_lock(mutex)
+        lock.lock()
         stopped = true
         let t = thread
         thread = nil
-        pthread_cond_broadcast(cond)
-        pthread_mutex_unlock(mutex)
+        lock.broadcast()
+        lock.unlock()
         if let t, !pthread_equal(t, pthread_self()).isTrue { pthread_join(t, nil) }
     }
 }

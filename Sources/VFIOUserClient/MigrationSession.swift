@@ -368,8 +368,8 @@ private enum Sink {
 
 /// A bounded hand-over of chunks from the reader thread.
 private final class ChunkQueue: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    private var cv = pthread_cond_t()
+    // @unchecked: every field below is only touched with `lock` held.
+    private let lock = ConditionLock()
     private var items: [MigrationChunk] = []
     private var done = false
     private var failure: (any Error)?
@@ -377,36 +377,34 @@ private final class ChunkQueue: @unchecked Sendable {
     private var producerDone = false
     private let depth: Int
 
-    init(depth: Int) {
-        self.depth = depth
-        pthread_mutex_init(&m, nil)
-        pthread_cond_init(&cv, nil)
-    }
-    deinit { pthread_cond_destroy(&cv); pthread_mutex_destroy(&m) }
+    init(depth: Int) { self.depth = depth }
 
     func push(_ c: MigrationChunk) -> Bool {
-        pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }
-        while items.count >= depth && !cancelled { pthread_cond_wait(&cv, &m) }
-        if cancelled { producerDone = true; pthread_cond_broadcast(&cv); return false }
-        items.append(c)
-        pthread_cond_broadcast(&cv)
-        return true
+        lock.withLock {
+            while items.count >= depth && !cancelled { lock.wait() }
+            if cancelled { producerDone = true; lock.broadcast(); return false }
+            items.append(c)
+            lock.broadcast()
+            return true
+        }
     }
 
     func finish(_ error: (any Error)?) {
-        pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }
-        done = true
-        producerDone = true
-        failure = error
-        pthread_cond_broadcast(&cv)
+        lock.withLock {
+            done = true
+            producerDone = true
+            failure = error
+            lock.broadcast()
+        }
     }
 
     func pop() throws -> MigrationChunk? {
-        pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }
-        while items.isEmpty && !done { pthread_cond_wait(&cv, &m) }
+        lock.lock()
+        defer { lock.unlock() }
+        while items.isEmpty && !done { lock.wait() }
         if !items.isEmpty {
             let c = items.removeFirst()
-            pthread_cond_broadcast(&cv)
+            lock.broadcast()
             return c
         }
         if let failure { throw failure }
@@ -414,14 +412,14 @@ private final class ChunkQueue: @unchecked Sendable {
     }
 
     func cancel() {
-        pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }
-        cancelled = true
-        pthread_cond_broadcast(&cv)
+        lock.withLock {
+            cancelled = true
+            lock.broadcast()
+        }
     }
 
     func waitForProducer() {
-        pthread_mutex_lock(&m); defer { pthread_mutex_unlock(&m) }
-        while !producerDone { pthread_cond_wait(&cv, &m) }
+        lock.withLock { while !producerDone { lock.wait() } }
     }
 }
 

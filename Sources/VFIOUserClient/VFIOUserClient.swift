@@ -340,14 +340,5 @@ public final class VFIOUserClient: @unchecked Sendable {
     }
 }
 
-/// A plain mutex for serializing client calls.
-final class ClientLock: @unchecked Sendable {
-    private var m = pthread_mutex_t()
-    init() { pthread_mutex_init(&m, nil) }
-    deinit { pthread_mutex_destroy(&m) }
-    func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        pthread_mutex_lock(&m)
-        defer { pthread_mutex_unlock(&m) }
-        return try body()
-    }
-}
+/// Serializes client calls (one request and its reply at a time).
+typealias ClientLock = ConditionLock

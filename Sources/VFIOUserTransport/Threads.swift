@@ -54,52 +54,37 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) ->
 
 /// A one-shot hand-over of a value between threads, with a timeout.
 public final class Completion<Value: Sendable>: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
+    // @unchecked: `value` is only touched with `lock` held.
+    private let lock = ConditionLock()
     private var value: Value?
 
-    public init() {
-        pthread_mutex_init(&mutex, nil)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(&cond, &attr)
-        pthread_condattr_destroy(&attr)
-    }
+    public init() {}
 
-    deinit {
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
-    }
-
+    /// Hands over `v`; the first value wins.
     public func fulfil(_ v: Value) {
-        pthread_mutex_lock(&mutex)
-        if value == nil { value = v }
-        pthread_cond_broadcast(&cond)
-        pthread_mutex_unlock(&mutex)
+        lock.withLock {
+            if value == nil { value = v }
+            lock.broadcast()
+        }
     }
 
     /// The value, or nil after `timeoutMs`.
     public func wait(timeoutMs: Int) -> Value? {
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        deadline.tv_sec += timeoutMs / 1000
-        deadline.tv_nsec += (timeoutMs % 1000) * 1_000_000
-        if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        while value == nil {
-            if pthread_cond_timedwait(&cond, &mutex, &deadline) == ETIMEDOUT { break }
+        let deadline = monotonicMs() + timeoutMs
+        return lock.withLock {
+            while value == nil {
+                if !lock.wait(untilMonotonicMs: deadline) { break }
+            }
+            return value
         }
-        return value
     }
 
     /// The value, however long it takes.
     public func wait() -> Value {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        while value == nil { pthread_cond_wait(&cond, &mutex) }
-        return value!
+        lock.withLock {
+            while value == nil { lock.wait() }
+            return value!
+        }
     }
 }
 
