@@ -59,7 +59,7 @@ public final class DMAController: @unchecked Sendable {
     /// Adds a mapping for `owner`, who may hold at most `limit` of them (the
     /// `max_dma_maps` the server advertised). Takes ownership of `fd` (closed here on
     /// failure or after mmap).
-    public func map(_ req: DMAMapRequest, fd: OwnedFD?, owner: SessionID,
+    @_spi(Server) public func map(_ req: DMAMapRequest, fd: OwnedFD?, owner: SessionID,
                     transport: (any DMAMessageTransport)?, limit: Int = 65535) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             defer { fd?.close() }
@@ -108,7 +108,7 @@ public final class DMAController: @unchecked Sendable {
 
     /// Removes the mapping with exactly this address and size that `owner` made
     /// (ENOENT otherwise: one client cannot unmap another's memory).
-    public func unmap(address: UInt64, size: UInt64, owner: SessionID? = nil) throws(VFIOErrno) {
+    @_spi(Server) public func unmap(address: UInt64, size: UInt64, owner: SessionID? = nil) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             guard let i = mappings.firstIndex(where: { $0.address == address && $0.size == size && (owner == nil || $0.owner == owner) }) else {
                 throw .ENOENT
@@ -118,11 +118,11 @@ public final class DMAController: @unchecked Sendable {
     }
 
     /// Removes every mapping, or every mapping `owner` made.
-    public func unmapAll(owner: SessionID? = nil) {
+    @_spi(Server) public func unmapAll(owner: SessionID? = nil) {
         lock.withLock { mappings.removeAll { owner == nil || $0.owner == owner } }
     }
 
-    public func removeAll(owner: SessionID) { lock.withLock { mappings.removeAll { $0.owner == owner } } }
+    @_spi(Server) public func removeAll(owner: SessionID) { lock.withLock { mappings.removeAll { $0.owner == owner } } }
 
     // MARK: Device access
 

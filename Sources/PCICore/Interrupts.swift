@@ -95,7 +95,7 @@ public final class InterruptController: @unchecked Sendable {
 
     /// Applies a SET_IRQS request. Consumes `fds` (each is owned by a vector afterwards,
     /// or closed). Validation follows libvfio-user and Linux; every failure is EINVAL.
-    public func setIRQs(_ req: SetIRQs, fds: [OwnedFD], session: SessionID) throws(VFIOErrno) {
+    @_spi(Server) public func setIRQs(_ req: SetIRQs, fds: [OwnedFD], session: SessionID) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             guard req.index < UInt32(indices.count) else { throw .EINVAL }
             let index = Int(req.index)
@@ -238,7 +238,7 @@ public final class InterruptController: @unchecked Sendable {
     // MARK: Lifecycle
 
     /// Drops every eventfd a session registered (it disconnected).
-    public func removeAll(owner: SessionID) {
+    @_spi(Server) public func removeAll(owner: SessionID) {
         lock.withLock {
             irqfdWatcher?.removeAll(owner: owner)
             for i in indices.indices {

@@ -198,9 +198,14 @@ public final class PCIDevice: @unchecked Sendable {
     public var command: UInt16 { lock.withLock { config.load16(0x04) } }
     public var busMasterEnabled: Bool { command & Self.commandBusMaster != 0 }
 
-    // MARK: - What the dispatcher calls
+    // MARK: - The server's entry points (SPI)
+    //
+    // What the dispatcher calls on a client's behalf: sessions and ownership, info,
+    // interrupt wiring, region access, DMA mapping and reset. Marked `@_spi(Server)`:
+    // the server (and tools acting as one) import them with `@_spi(Server) import
+    // PCICore`; a variant never sees them, so it cannot act as a client of its own device.
 
-    public func openSession() -> SessionID {
+    @_spi(Server) public func openSession() -> SessionID {
         lock.withLock {
             let id = nextSession
             nextSession += 1
@@ -216,7 +221,7 @@ public final class PCIDevice: @unchecked Sendable {
     /// Makes `session` the owner if nobody owns the device; EBUSY if another session
     /// does. Returns true when this call made it the owner.
     @discardableResult
-    public func claimOwnership(_ session: SessionID) throws(VFIOErrno) -> Bool {
+    @_spi(Server) public func claimOwnership(_ session: SessionID) throws(VFIOErrno) -> Bool {
         try lock.withLock { () throws(VFIOErrno) -> Bool in
             if let o = _owner {
                 guard o == session else { throw .EBUSY }
@@ -229,7 +234,7 @@ public final class PCIDevice: @unchecked Sendable {
 
     /// Drops what the session registered. When the owner leaves, the device resets
     /// and is free for the next client; other sessions leave nothing behind.
-    public func closeSession(_ id: SessionID) {
+    @_spi(Server) public func closeSession(_ id: SessionID) {
         lock.withLock {
             dma.removeAll(owner: id)
             interrupts.removeAll(owner: id)
@@ -243,7 +248,7 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
-    public func deviceInfo() -> DeviceInfo {
+    @_spi(Server) public func deviceInfo() -> DeviceInfo {
         lock.withLock {
             var flags: DeviceInfoFlags = [.pci]
             if configuration.resetSupported { flags.insert(.reset) }
@@ -252,7 +257,7 @@ public final class PCIDevice: @unchecked Sendable {
     }
 
     /// Region info (without argsz handling) and the fd to send, if mmap-able.
-    public func regionInfo(index: UInt32) throws(VFIOErrno) -> (info: RegionInfo, fd: Int32?) {
+    @_spi(Server) public func regionInfo(index: UInt32) throws(VFIOErrno) -> (info: RegionInfo, fd: Int32?) {
         try lock.withLock { () throws(VFIOErrno) in
             guard Int(index) < regions.count else { throw .EINVAL }
             // A zero-sized device-specific region still reports its capabilities (the
@@ -265,11 +270,11 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
-    public func irqInfo(index: UInt32) throws(VFIOErrno) -> IRQInfo {
+    @_spi(Server) public func irqInfo(index: UInt32) throws(VFIOErrno) -> IRQInfo {
         try lock.withLock { () throws(VFIOErrno) in try interrupts.info(index: index) }
     }
 
-    public func setIRQs(_ req: SetIRQs, fds: [OwnedFD], session: SessionID) throws(VFIOErrno) {
+    @_spi(Server) public func setIRQs(_ req: SetIRQs, fds: [OwnedFD], session: SessionID) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in try interrupts.setIRQs(req, fds: fds, session: session) }
     }
 
@@ -285,7 +290,7 @@ public final class PCIDevice: @unchecked Sendable {
         return r
     }
 
-    public func readRegion(index: UInt32, offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
+    @_spi(Server) public func readRegion(index: UInt32, offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         try lock.withLock { () throws(VFIOErrno) in
             let r = try accessibleRegion(index, offset, count)
             guard r.readable else { throw .EINVAL }
@@ -294,7 +299,7 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
-    public func writeRegion(index: UInt32, offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
+    @_spi(Server) public func writeRegion(index: UInt32, offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             let r = try accessibleRegion(index, offset, data.count)
             guard r.writable else { throw .EINVAL }
@@ -304,7 +309,7 @@ public final class PCIDevice: @unchecked Sendable {
     }
 
     /// DMA_MAP on behalf of `session`, which may hold at most `limit` mappings.
-    public func dmaMap(_ req: DMAMapRequest, fd: OwnedFD?, session: SessionID,
+    @_spi(Server) public func dmaMap(_ req: DMAMapRequest, fd: OwnedFD?, session: SessionID,
                        transport: (any DMAMessageTransport)?, limit: Int = 65535) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             try dma.map(req, fd: fd, owner: session, transport: transport, limit: limit)
@@ -312,7 +317,7 @@ public final class PCIDevice: @unchecked Sendable {
     }
 
     /// DMA_UNMAP on behalf of `session`: it removes only that client's mappings.
-    public func dmaUnmap(_ req: DMAUnmapRequest, session: SessionID? = nil) throws(VFIOErrno) {
+    @_spi(Server) public func dmaUnmap(_ req: DMAUnmapRequest, session: SessionID? = nil) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             if req.flags.contains(.all) {
                 guard req.address == 0, req.size == 0, !req.flags.contains(.getDirtyBitmap) else { throw .EINVAL }
@@ -328,7 +333,7 @@ public final class PCIDevice: @unchecked Sendable {
     /// state (eventfd wiring survives), registers, MSI-X table; RAM BARs keep their
     /// contents unless the spec says otherwise; DMA mappings belong to the client
     /// and survive; device models stop through their reset hooks.
-    public func reset(_ reason: ResetReason) {
+    @_spi(Server) public func reset(_ reason: ResetReason) {
         lock.withLock {
             config.reset()
             interrupts.resetState()

@@ -1,6 +1,6 @@
 import Glibc
 import Logging
-import PCICore
+@_spi(Server) import PCICore
 import Synchronization
 import VFIOUserProtocol
 import VFIOUserTransport

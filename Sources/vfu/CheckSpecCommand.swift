@@ -1,6 +1,6 @@
 import ArgumentParser
 import DeviceSpecs
-import PCICore
+@_spi(Server) import PCICore
 import VariantDevices
 
 struct CheckSpecCommand: ParsableCommand {

@@ -2,7 +2,7 @@ import ArgumentParser
 import DeviceSpecs
 import Glibc
 import Logging
-import PCICore
+@_spi(Server) import PCICore
 import VariantDevices
 import VFIOUserClient
 import VFIOUserProtocol

@@ -1,5 +1,5 @@
 import DeviceSpecs
-import PCICore
+@_spi(Server) import PCICore
 import TestSupport
 import Testing
 

@@ -1,4 +1,4 @@
-import PCICore
+@_spi(Server) import PCICore
 import Testing
 import VFIOUserClient
 import VFIOUserProtocol

@@ -1,5 +1,5 @@
 import Foundation
-import PCICore
+@_spi(Server) import PCICore
 import TestSupport
 import Testing
 import VFIOUserClient

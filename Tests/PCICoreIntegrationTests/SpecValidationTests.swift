@@ -1,5 +1,5 @@
 import DeviceSpecs
-import PCICore
+@_spi(Server) import PCICore
 import Testing
 
 /// Capability layout errors from JSON specs: each names the field and the reason.

@@ -1,5 +1,5 @@
 import DeviceSpecs
-import PCICore
+@_spi(Server) import PCICore
 import Testing
 import VFIOUserProtocol
 import VariantDevices
