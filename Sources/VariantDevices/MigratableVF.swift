@@ -4,101 +4,7 @@ import PCICore
 import VFIOUserProtocol
 import VFIOUserTransport
 
-/// Options of the `migration` spec section (docs/migration.md).
-public struct MigratableVFOptions: Sendable, Equatable {
-    /// The register-backed BAR holding the 256-byte register block, and where.
-    public var registersBAR = 0
-    public var registersOffset: UInt64 = 0
-    /// The RAM-backed BAR that is the device's memory (up to 1 GiB).
-    public var ramBAR = 2
-    public var preCopy = true
-    public var p2p = true
-    /// false: the device offers no migration at all (features answer EINVAL).
-    public var enabled = true
-    /// Accepted for older specs; the engine is event-driven now (it runs as device
-    /// jobs when the guest writes RING_TAIL or CONTROL, and when the device resumes).
-    public var workerIntervalMs = 1
-    /// Descriptors processed per look.
-    public var batch = 32
-
-    public init() {}
-
-    static let keys: Set<String> = ["registersBar", "registersOffset", "ramBar", "preCopy", "p2p", "enabled",
-                                    "workerIntervalMs", "batch"]
-
-    /// Parses and checks the section against the spec's BARs.
-    public static func parse(_ spec: DeviceSpec) throws(SpecError) -> MigratableVFOptions {
-        var o = MigratableVFOptions()
-        if let node = spec.sections["migration"] {
-            let m = try node.object(allowed: keys)
-            if let v = m["registersBar"] { o.registersBAR = try v.int(in: 0...5) }
-            if let v = m["registersOffset"] { o.registersOffset = try v.unsigned() }
-            if let v = m["ramBar"] { o.ramBAR = try v.int(in: 0...5) }
-            if let v = m["preCopy"] { o.preCopy = try v.bool() }
-            if let v = m["p2p"] { o.p2p = try v.bool() }
-            if let v = m["enabled"] { o.enabled = try v.bool() }
-            if let v = m["workerIntervalMs"] { o.workerIntervalMs = try v.int(in: 1...1000) }
-            if let v = m["batch"] { o.batch = try v.int(in: 1...4096) }
-        }
-        let field = spec.sections["migration"] == nil ? "bars" : "migration"
-        let bars = spec.configuration.bars
-        guard let rb = bars.first(where: { $0.index == o.registersBAR }), rb.backing == .registers, rb.kind != .io else {
-            throw spec.error("\(field).registersBar", "BAR\(o.registersBAR) must be a register-backed memory BAR")
-        }
-        guard o.registersOffset % 4 == 0, o.registersOffset + MigratableVF.registerBlockSize <= min(rb.size, 1 << 20) else {
-            throw spec.error("\(field).registersOffset", "the 256-byte register block does not fit in BAR\(o.registersBAR)")
-        }
-        guard let ram = bars.first(where: { $0.index == o.ramBAR }), case .ram = ram.backing else {
-            throw spec.error("\(field).ramBar", "BAR\(o.ramBAR) must be a RAM-backed BAR (\"backing\": \"ram\")")
-        }
-        guard ram.size >= 4096, ram.size <= MigratableVF.maxRAM else {
-            throw spec.error("\(field).ramBar", "the RAM BAR must be 4 KiB to 1 GiB, not \(ram.size) bytes")
-        }
-        return o
-    }
-}
-
-/// `migratable-vf`: an mlx5-style VF whose state keeps changing while it runs, and
-/// which migrates (VFIO migration v2 with PRE_COPY and P2P; docs/migration.md).
-public struct MigratableVFDriver: VariantDriver {
-    public init() {}
-    public var name: String { "migratable-vf" }
-    public var summary: String {
-        "mlx5-style migratable VF: a descriptor ring processed by DMA, counters, a RAM BAR; migration v2 with PRE_COPY, P2P and dirty logging"
-    }
-    public var idTable: [PCIMatch] { [PCIMatch(vendor: 0x15B3, device: 0x101E)] }
-    public var sectionKeys: Set<String> { ["migration"] }
-
-    /// The smallest spec for this variant: a 1 MiB register BAR 0, a RAM BAR 2 of
-    /// `ramKiB`, 4 MSI-X vectors. `vfu migrate --bench` and the tests build from it.
-    public static func minimalSpec(ramKiB: Int, vendor: String = "0x15b3", device: String = "0x101e",
-                                   preCopy: Bool = true, p2p: Bool = true, batch: Int = 32) -> String {
-        """
-        {"name": "migratable-vf", "variant": "migratable-vf",
-         "ids": {"vendor": "\(vendor)", "device": "\(device)", "subsystemVendor": "0x15b3", "subsystem": "0x0069", "classCode": "0x020000"},
-         "express": true,
-         "bars": [{"index": 0, "size": "1MiB", "bits": 64, "backing": "registers"},
-                  {"index": 2, "size": "\(ramKiB)KiB", "bits": 64, "prefetchable": true, "backing": "ram"}],
-         "interrupts": {"msix": {"vectors": 4, "bar": 0, "tableOffset": "0x2000", "pbaOffset": "0x3000"}},
-         "migration": {"ramBar": 2, "preCopy": \(preCopy), "p2p": \(p2p), "batch": \(batch)}}
-        """
-    }
-
-    public func probe(_ spec: DeviceSpec) -> ProbeResult {
-        do { _ = try MigratableVFOptions.parse(spec) } catch { return .decline("\(error.field): \(error.reason)") }
-        return .accept
-    }
-
-    public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
-        let options = try MigratableVFOptions.parse(spec)
-        let device = try spec.buildCoreDevice()
-        try GenericDriver.attachDoorbell(spec, to: device)
-        _ = try MigratableVF.attach(to: device, options: options, kind: name)
-        return device
-    }
-}
-
-/// The device model: registers, a descriptor-ring engine on its own thread, the
+/// The device model: registers, a descriptor-ring engine (MigratableVFEngine.swift), the
 /// RAM BAR, and the migration handler that streams all of it.
 ///
 /// Registers (32-bit, from `registersOffset`): 0x00 MAGIC "MVF1", 0x04 VERSION,
@@ -144,16 +50,16 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
     /// Bumped whenever the device stops running or resets: an engine step that waited
     /// for the client (message DMA releases the lock) and sees a new epoch abandons
     /// its descriptor without changing any state.
-    private var epoch: UInt64 = 0
+    var epoch: UInt64 = 0
     private var save: SaveSession?
     private var loader: MigrationStreamLoader?
     private var stagedCore: [UInt8]?
     private var stagedDevice: [UInt8]?
     private var failure: String?
     /// A look at the ring is queued as a device job (coalesces kicks).
-    private var lookQueued = false
+    var lookQueued = false
     /// Set by `stopEngine`: no more looks are queued.
-    private var engineStopped = false
+    var engineStopped = false
 
     /// Builds the model on `device` and attaches its migration controller.
     public static func attach(to device: PCIDevice, options: MigratableVFOptions, kind: String = "migratable-vf") throws(SpecError) -> MigratableVF {
@@ -234,121 +140,6 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
             }
             if r == .control || r == .ringTail { kick() }
         }
-    }
-
-    // MARK: Engine
-
-    /// Queues a look at the ring as a device job, unless one is queued already. The
-    /// register write that kicked it has been answered by the time the job runs; the
-    /// job does the descriptors' DMA and raises the completion interrupt. Called with
-    /// the device lock held.
-    func kick() {
-        guard !lookQueued, !engineStopped else { return }
-        lookQueued = true
-        device.submitWork { [weak self] job in
-            let again: Bool = job.withDevice { _ in
-                guard let self else { return false }
-                self.lookQueued = false
-                return self.tick(job) && self.ringPending
-            } ?? false
-            // Descriptors left after a batch: look again, behind any other queued work.
-            if again, let self { job.withDevice { _ in self.kick() } }
-        }
-    }
-
-    /// Descriptors the guest posted that the engine has not taken yet.
-    private var ringPending: Bool {
-        let size = reg(.ringSize)
-        return size > 0 && reg(.ringHead) != reg(.ringTail) && reg(.ringTail) &- reg(.ringHead) <= size
-    }
-
-    private var running: Bool { device.migration?.deviceMayRun ?? true }
-
-    /// One look at the ring, under the device lock (message DMA releases it while the
-    /// client answers; every step re-checks `epoch`); true while the engine is enabled
-    /// and running.
-    @discardableResult
-    func tick(_ job: DeviceJob) -> Bool {
-        guard running, reg(.control) & Self.controlEnable != 0, device.busMasterEnabled else { return false }
-        set(.ticks, reg(.ticks) &+ 1)
-        let size = reg(.ringSize)
-        guard size > 0, size <= 4096, size.nonzeroBitCount == 1 else { return true }
-        let e0 = epoch
-        var done = 0
-        while done < options.batch && reg(.ringHead) != reg(.ringTail) && reg(.ringTail) &- reg(.ringHead) <= size {
-            guard processOne(size: size, epoch: e0, job: job) else { break }
-            done += 1
-        }
-        if done > 0 && reg(.control) & Self.controlIRQ != 0 && running {
-            if device.raiseInterrupt(vector: Int(reg(.irqVector))) != nil { set(.irqCount, reg(.irqCount) &+ 1) }
-        }
-        return true
-    }
-
-    /// Processes the descriptor at RING_HEAD. false: the device stopped meanwhile and
-    /// the descriptor was abandoned untouched (it runs again after a resume).
-    private func processOne(size: UInt32, epoch e0: UInt64, job: DeviceJob) -> Bool {
-        func live() -> Bool { epoch == e0 && running && job.isCurrent }
-        let head = reg(.ringHead)
-        let base = (UInt64(reg(.ringHigh)) << 32 | UInt64(reg(.ringLow))) &+ UInt64(head % size) * UInt64(Self.descriptorSize)
-        var status: UInt32 = 1
-        var result: UInt64 = 0
-        var length = 0
-        do {
-            let d = try job.dmaRead(address: base, count: Self.descriptorSize)
-            guard live() else { return false }
-            let op = d.le32(at: 0), len = Int(d.le32(at: 4)), src = d.le64(at: 8), dst = d.le64(at: 16)
-            let cookie = d.le32(at: 24)
-            length = len
-            guard len <= Self.maxTransfer else { throw VFIOErrno.E2BIG }
-            switch Op(rawValue: op) {
-            case .hash:
-                let data = try job.dmaRead(address: src, count: len)
-                guard live() else { return false }
-                result = XXH64.hash(data, seed: UInt64(cookie))
-                var out = [UInt8](repeating: 0, count: 16)
-                out.setLE64(UInt64(cookie), at: 0)
-                out.setLE64(result, at: 8)
-                try job.dmaWrite(address: dst, out)
-            case .store:
-                let data = try job.dmaRead(address: src, count: len)
-                guard live() else { return false }
-                guard dst <= UInt64(ram.size), UInt64(len) <= UInt64(ram.size) - dst else { throw VFIOErrno.EFAULT }
-                try ram.write(offset: dst, data: data[...])
-                result = XXH64.hash(data)
-            case .load:
-                guard src <= UInt64(ram.size), UInt64(len) <= UInt64(ram.size) - src else { throw VFIOErrno.EFAULT }
-                let data = try ram.read(offset: src, count: len)
-                try job.dmaWrite(address: dst, data)
-                result = XXH64.hash(data)
-            case nil:
-                throw VFIOErrno.EINVAL
-            }
-        } catch {
-            guard live() else { return false }
-            status = 0x100 | ((error as? VFIOErrno)?.rawValue ?? VFIOErrno.EIO.rawValue)
-        }
-        guard live() else { return false }
-        var st = [UInt8](repeating: 0, count: 4)
-        st.setLE32(status, at: 0)
-        if (try? job.dmaWrite(address: base &+ 28, st)) == nil {
-            guard live() else { return false }
-            status = status == 1 ? 0x100 | VFIOErrno.EFAULT.rawValue : status
-        }
-        guard live() else { return false }
-        set(.ringHead, head &+ 1)
-        if status == 1 {
-            set(.completions, reg(.completions) &+ 1)
-            let bytes = (UInt64(reg(.bytesHigh)) << 32 | UInt64(reg(.bytesLow))) &+ UInt64(length)
-            set(.bytesLow, UInt32(truncatingIfNeeded: bytes)); set(.bytesHigh, UInt32(truncatingIfNeeded: bytes >> 32))
-            var mix = [UInt8](repeating: 0, count: 16)
-            mix.setLE32(reg(.digestLow), at: 0); mix.setLE32(reg(.digestHigh), at: 4); mix.setLE64(result, at: 8)
-            let dg = XXH64.hash(mix)
-            set(.digestLow, UInt32(truncatingIfNeeded: dg)); set(.digestHigh, UInt32(truncatingIfNeeded: dg >> 32))
-        } else {
-            set(.errors, reg(.errors) &+ 1)
-        }
-        return true
     }
 
     // MARK: MigrationHandler

@@ -22,36 +22,25 @@ public struct NVLink2GPUDriver: VariantDriver {
     public static let ramSubtype: UInt32 = 1
 
     public func probe(_ spec: DeviceSpec) -> ProbeResult {
-        guard let n = spec.sections["nvlink2"] else {
-            return .decline("no 'nvlink2' section: the platform does not describe an NPU link (memory-region, ibm,device-tgt-addr)")
-        }
-        let o = n.members
-        guard o["tgt"] != nil else { return .decline("nvlink2.tgt is missing: no ibm,device-tgt-addr for the link") }
-        guard o["ramWindow"] != nil else { return .decline("nvlink2.ramWindow is missing: no memory-region for the GPU RAM") }
-        return .accept
+        NVLink2Platform.probe(spec, describes: "an NPU link (memory-region, ibm,device-tgt-addr)",
+                              requires: ["ramWindow": "no memory-region for the GPU RAM"])
     }
 
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
-        guard let n = spec.sections["nvlink2"] else { throw spec.error("nvlink2", "missing") }
-        let o = try n.object(allowed: ["tgt", "ramWindow", "ramSize"])
-        guard let t = o["tgt"] else { throw n.error("missing required key 'tgt'") }
-        guard let w = o["ramWindow"] else { throw n.error("missing required key 'ramWindow'") }
-        let tgt = try t.unsigned()
+        let link = try NVLink2Platform.section(spec, keys: ["ramWindow", "ramSize"], required: ["ramWindow"])
+        let w = link.members["ramWindow"]!
         let window = try w.unsigned(max: 1 << 40)
         guard window > 0, window % 4096 == 0 else { throw w.error("must be a non-zero multiple of 4 KiB") }
-        let ram = try o["ramSize"]?.unsigned(max: window) ?? window
-        guard ram > 0, ram % 4096 == 0 else { throw o["ramSize"]!.error("must be a non-zero multiple of 4 KiB") }
-
-        let device = try spec.buildCoreDevice()
-        try GenericDriver.attachDoorbell(spec, to: device)
-        let placeholder = ReadOnlyBytes([])
-        let index = device.addDeviceSpecificRegion(size: window, type: Self.regionType, subtype: Self.ramSubtype,
-                                                   readable: true, writable: true,
-                                                   extraCapabilities: [.nvlink2SSATGT(tgt: tgt)], backing: .handler(placeholder))
-        _ = try WindowedMemory.install(on: device, region: index, name: "\(spec.configuration.name)-gpu-ram", length: ram,
-                                       spec: spec, field: "nvlink2.ramSize")
-        try DeviceInfoCaps.apply(spec, to: device)
-        return device
+        let ram = try link.members["ramSize"]?.unsigned(max: window) ?? window
+        guard ram > 0, ram % 4096 == 0 else { throw link.members["ramSize"]!.error("must be a non-zero multiple of 4 KiB") }
+        return try NVLink2Platform.build(spec) { device throws(SpecError) in
+            let index = device.addDeviceSpecificRegion(size: window, type: Self.regionType, subtype: Self.ramSubtype,
+                                                       readable: true, writable: true,
+                                                       extraCapabilities: [.nvlink2SSATGT(tgt: link.tgt)],
+                                                       backing: .handler(ReadOnlyBytes([])))
+            _ = try WindowedMemory.install(on: device, region: index, name: "\(spec.configuration.name)-gpu-ram", length: ram,
+                                           spec: spec, field: "nvlink2.ramSize")
+        }
     }
 }
 
@@ -71,39 +60,66 @@ public struct NVLink2NPUDriver: VariantDriver {
     public static let atsdSubtype: UInt32 = 1
 
     public func probe(_ spec: DeviceSpec) -> ProbeResult {
-        guard let n = spec.sections["nvlink2"] else {
-            return .decline("no 'nvlink2' section: the platform does not describe a GPU behind this NPU (ibm,nvlink, ibm,device-tgt-addr)")
-        }
-        let o = n.members
-        guard o["tgt"] != nil else { return .decline("nvlink2.tgt is missing: no ibm,device-tgt-addr for the link") }
-        guard o["linkSpeed"] != nil else { return .decline("nvlink2.linkSpeed is missing: no ibm,nvlink-speed (the link would not work)") }
-        return .accept
+        NVLink2Platform.probe(spec, describes: "a GPU behind this NPU (ibm,nvlink, ibm,device-tgt-addr)",
+                              requires: ["linkSpeed": "no ibm,nvlink-speed (the link would not work)"])
     }
 
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
-        guard let n = spec.sections["nvlink2"] else { throw spec.error("nvlink2", "missing") }
-        let o = try n.object(allowed: ["tgt", "linkSpeed", "atsdSize"])
-        guard let t = o["tgt"] else { throw n.error("missing required key 'tgt'") }
-        guard let l = o["linkSpeed"] else { throw n.error("missing required key 'linkSpeed'") }
-        let tgt = try t.unsigned()
-        let speed = UInt32(try l.unsigned(max: 0xFFFF_FFFF))
-        let atsd = try o["atsdSize"]?.unsigned(max: 1 << 30) ?? 0x10000
-        guard atsd % 4096 == 0 else { throw o["atsdSize"]!.error("must be a multiple of 4 KiB (0 = no ATSD)") }
+        let link = try NVLink2Platform.section(spec, keys: ["linkSpeed", "atsdSize"], required: ["linkSpeed"])
+        let speed = UInt32(try link.members["linkSpeed"]!.unsigned(max: 0xFFFF_FFFF))
+        let atsdNode = link.members["atsdSize"]
+        let atsd = try atsdNode?.unsigned(max: 1 << 30) ?? 0x10000
+        guard atsd % 4096 == 0 else { throw atsdNode!.error("must be a multiple of 4 KiB (0 = no ATSD)") }
+        let caps: [RegionCapability] = [.nvlink2SSATGT(tgt: link.tgt), .nvlink2LinkSpeed(speed)]
+        return try NVLink2Platform.build(spec) { device throws(SpecError) in
+            if atsd == 0 {
+                device.addDeviceSpecificRegion(size: 0, type: Self.regionType, subtype: Self.atsdSubtype, readable: true,
+                                               writable: true, extraCapabilities: caps, backing: .handler(ReadOnlyBytes([])))
+            } else {
+                let mem: SharedMemory
+                do { mem = try SharedMemory(name: "\(spec.configuration.name)-atsd", size: Int(atsd)) } catch {
+                    throw (atsdNode ?? link.node).error("cannot allocate \(atsd) bytes of shared memory: \(error)")
+                }
+                device.addDeviceSpecificRegion(size: atsd, type: Self.regionType, subtype: Self.atsdSubtype, readable: true,
+                                               writable: true, mmappable: true, extraCapabilities: caps, backing: .memory(mem))
+            }
+        }
+    }
+}
 
+/// What both halves of an NVLink2 pair share: the platform's `nvlink2` section (config
+/// space cannot show NVLink; the device tree does), its `tgt` (`ibm,device-tgt-addr`,
+/// how userspace pairs a GPU with its NPU), and how either device is put together.
+enum NVLink2Platform {
+    /// Accepts a spec whose `nvlink2` section has `tgt` and every key in `requires`
+    /// (key: what its absence means on the platform).
+    static func probe(_ spec: DeviceSpec, describes what: String, requires: [String: String]) -> ProbeResult {
+        guard let n = spec.sections["nvlink2"] else {
+            return .decline("no 'nvlink2' section: the platform does not describe \(what)")
+        }
+        let o = n.members
+        guard o["tgt"] != nil else { return .decline("nvlink2.tgt is missing: no ibm,device-tgt-addr for the link") }
+        for (key, why) in requires.sorted(by: { $0.key < $1.key }) where o[key] == nil {
+            return .decline("nvlink2.\(key) is missing: \(why)")
+        }
+        return .accept
+    }
+
+    /// The section, checked: only `tgt` and `keys`, with `tgt` and `required` present.
+    static func section(_ spec: DeviceSpec, keys: Set<String>, required: [String]) throws(SpecError)
+        -> (node: SpecNode, members: [String: SpecNode], tgt: UInt64)
+    {
+        guard let n = spec.sections["nvlink2"] else { throw spec.error("nvlink2", "missing") }
+        let o = try n.object(allowed: keys.union(["tgt"]))
+        for key in ["tgt"] + required where o[key] == nil { throw n.error("missing required key '\(key)'") }
+        return (n, o, try o["tgt"]!.unsigned())
+    }
+
+    /// The core device with the doorbell model, `addRegions`, then the device-info caps.
+    static func build(_ spec: DeviceSpec, addRegions: (PCIDevice) throws(SpecError) -> Void) throws(SpecError) -> PCIDevice {
         let device = try spec.buildCoreDevice()
         try GenericDriver.attachDoorbell(spec, to: device)
-        let caps: [RegionCapability] = [.nvlink2SSATGT(tgt: tgt), .nvlink2LinkSpeed(speed)]
-        if atsd == 0 {
-            device.addDeviceSpecificRegion(size: 0, type: Self.regionType, subtype: Self.atsdSubtype, readable: true,
-                                           writable: true, extraCapabilities: caps, backing: .handler(ReadOnlyBytes([])))
-        } else {
-            let mem: SharedMemory
-            do { mem = try SharedMemory(name: "\(spec.configuration.name)-atsd", size: Int(atsd)) } catch {
-                throw (o["atsdSize"] ?? n).error("cannot allocate \(atsd) bytes of shared memory: \(error)")
-            }
-            device.addDeviceSpecificRegion(size: atsd, type: Self.regionType, subtype: Self.atsdSubtype, readable: true,
-                                           writable: true, mmappable: true, extraCapabilities: caps, backing: .memory(mem))
-        }
+        try addRegions(device)
         try DeviceInfoCaps.apply(spec, to: device)
         return device
     }
