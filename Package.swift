@@ -2,7 +2,9 @@
 // swift-vfio-user: a vfio-user device server, client library and conformance suite.
 //
 // Layers, imported strictly downward:
-//   CVFIOUserShim      C shim for what Glibc does not import (eventfd, memfd, CMSG)
+//   CVFIOUserShim      C shim for what Glibc does not import (eventfd, memfd, CMSG, splice)
+//   CXXHash            the checksum loops (XXH64 stripes, XXH3 with AVX2), pure C
+//   MigrationStream    the migration stream's record framing, loader and checksums
 //   VFIOUserProtocol   wire format: pure values and codecs, no I/O
 //   VFIOUserTransport  Unix sockets, SCM_RIGHTS, eventfd, memfd, mmap
 //   PCICore            the vfio-pci-core equivalent: config space, regions, IRQs, DMA, reset, migration
@@ -35,6 +37,8 @@ let package = Package(
     ],
     targets: [
         .target(name: "CVFIOUserShim"),
+        .target(name: "CXXHash"),
+        .target(name: "MigrationStream", dependencies: ["CXXHash", "VFIOUserProtocol"], swiftSettings: strict),
         .target(name: "VFIOUserProtocol", swiftSettings: strict),
         .target(
             name: "VFIOUserTransport",
@@ -57,7 +61,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "VariantDevices",
-            dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", "VFIOUserTransport", "CVFIOUserShim"],
+            dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", "VFIOUserTransport", "MigrationStream"],
             swiftSettings: strict),
         .target(
             name: "VFIOUserClient",
@@ -95,7 +99,7 @@ let package = Package(
             dependencies: ["VFIOUserConformance", "VFIOUserServer", "VFIOUserClient", "VariantDevices", "DeviceSpecs", "PCICore",
                            "VFIOUserTransport", "VFIOUserProtocol", "TestSupport"],
             swiftSettings: strict),
-        .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "CXXHash", "MigrationStream", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",

@@ -73,12 +73,6 @@ public struct MigrationDataPiece {
     }
 }
 
-extension VFIOErrno {
-    /// Linux EBADMSG: a migration stream failed its checksum or framing checks.
-    public static let EBADMSG = VFIOErrno(74)
-    /// Linux ENODATA: a migration stream ended before its END record.
-    public static let ENODATA = VFIOErrno(61)
-}
 
 /// The VFIO migration v2 state machine (reference §5, variant-devices §4).
 ///

@@ -31,7 +31,11 @@ public struct VFIOErrno: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let ERANGE = VFIOErrno(34)
     public static let ENOSYS = VFIOErrno(38)
     public static let ENOMSG = VFIOErrno(42)
+    /// A migration stream ended before its END record.
+    public static let ENODATA = VFIOErrno(61)
     public static let EPROTO = VFIOErrno(71)
+    /// A migration stream failed its checksum or framing checks.
+    public static let EBADMSG = VFIOErrno(74)
     public static let EOPNOTSUPP = VFIOErrno(95)
     public static let ECONNRESET = VFIOErrno(104)
     public static let ENOTCONN = VFIOErrno(107)
@@ -44,7 +48,7 @@ public struct VFIOErrno: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 1: "EPERM"; case 2: "ENOENT"; case 5: "EIO"; case 7: "E2BIG"; case 9: "EBADF"
         case 11: "EAGAIN"; case 12: "ENOMEM"; case 13: "EACCES"; case 14: "EFAULT"; case 16: "EBUSY"
         case 17: "EEXIST"; case 19: "ENODEV"; case 22: "EINVAL"; case 28: "ENOSPC"; case 34: "ERANGE"
-        case 38: "ENOSYS"; case 42: "ENOMSG"; case 71: "EPROTO"; case 95: "EOPNOTSUPP"
+        case 38: "ENOSYS"; case 42: "ENOMSG"; case 61: "ENODATA"; case 71: "EPROTO"; case 74: "EBADMSG"; case 95: "EOPNOTSUPP"
         case 104: "ECONNRESET"; case 107: "ENOTCONN"; case 110: "ETIMEDOUT"; case 125: "ECANCELED"
         default: "errno \(rawValue)"
         }

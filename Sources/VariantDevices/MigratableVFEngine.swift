@@ -1,3 +1,4 @@
+import MigrationStream
 import PCICore
 import VFIOUserProtocol
 

@@ -1,3 +1,4 @@
+import MigrationStream
 import ArgumentParser
 import DeviceSpecs
 import Glibc

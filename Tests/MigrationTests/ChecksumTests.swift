@@ -1,4 +1,5 @@
-import CVFIOUserShim
+import CXXHash
+import MigrationStream
 import Testing
 import VariantDevices
 

@@ -1,3 +1,4 @@
+import MigrationStream
 import DeviceSpecs
 import Glibc
 @_spi(Server) import PCICore

@@ -8,7 +8,7 @@
 // with AVX2, which is chosen at run time (the scalar loop gives the same results).
 // Written from the specification and checked against the reference implementation's
 // outputs (Tests/VFIOUserTransportTests/XXH3Tests.swift).
-#include "CVFIOUserShim.h"
+#include "CXXHash.h"
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>

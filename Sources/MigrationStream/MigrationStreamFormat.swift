@@ -1,10 +1,10 @@
-import CVFIOUserShim
-import PCICore
+import CXXHash
 import VFIOUserProtocol
 
 // The migration stream of our migratable devices (docs/migration.md): framed,
 // versioned, checksummed records. This file has the record framing and the
-// incremental loader; Checksums.swift the hashes, MigratableVF.swift what goes in.
+// incremental loader; Checksums.swift the hashes; VariantDevices/MigratableVF.swift
+// decides what goes in.
 
 /// Record framing (docs/migration.md, "Stream format").
 public enum MigrationRecord {

@@ -1,4 +1,4 @@
-import CVFIOUserShim
+import CXXHash
 
 // The two hashes of the migratable devices. XXH3 checksums the migration stream
 // and tracks dirty RAM pages: it runs at about three times XXH64's rate, and a
@@ -6,7 +6,7 @@ import CVFIOUserShim
 // part of the emulated device's own behaviour (the HASH descriptor, the DIGEST
 // register), which guests see and must not change.
 
-/// XXH3-64 (xxHash 0.8), streaming; the loop is in C (CVFIOUserShim/xxhash.c), with
+/// XXH3-64 (xxHash 0.8), streaming; the loop is in C (CXXHash/xxhash.c), with
 /// AVX2 when the CPU has it.
 public struct XXH3: Sendable {
     private var state = vfu_xxh3_state()
