@@ -121,7 +121,7 @@ public struct Migrator {
         var phase = "setup"
         var moved: UInt64 = 0
         var sink: Sink? = nil
-        var srcFile: FileHandle? = nil
+        var srcFile: MigrationFile? = nil
         do {
             // Destination first: refuse early if it cannot take a stream at all.
             switch destination {
@@ -130,7 +130,7 @@ public struct Migrator {
                 try d.setMigrationState(.resuming)
                 sink = .device(d, limit(d))
             case .file(let path):
-                sink = .file(try FileHandle.create(path))
+                sink = .file(try MigrationFile.create(path))
             }
             var chunk = chunkSize
             if case .device(let d) = destination { chunk = min(chunk, limit(d)) }
@@ -202,7 +202,7 @@ public struct Migrator {
                 if case .file = destination, resumeSourceAfterSave { try s.setMigrationState(.running) }
             case .file(let path):
                 phase = "reading \(path)"
-                let f = try FileHandle.open(path)
+                let f = try MigrationFile.open(path)
                 srcFile = f
                 let t1 = Self.now()
                 let total = f.size
@@ -349,7 +349,7 @@ public struct Migrator {
 
 private enum Sink {
     case device(VFIOUserClient, Int)
-    case file(FileHandle)
+    case file(MigrationFile)
 
     func write(_ chunk: MigrationChunk, _ transform: ((inout [UInt8]) -> Void)?) throws {
         var c = chunk
@@ -424,7 +424,7 @@ private final class ChunkQueue: @unchecked Sendable {
 }
 
 /// A plain file for `--to-file` / `--from-file`.
-final class FileHandle: @unchecked Sendable {
+final class MigrationFile: @unchecked Sendable {
     let fd: Int32
     let path: String
     private var closed = false
@@ -434,16 +434,16 @@ final class FileHandle: @unchecked Sendable {
         self.path = path
     }
 
-    static func create(_ path: String) throws(MigrationFailure) -> FileHandle {
+    static func create(_ path: String) throws(MigrationFailure) -> MigrationFile {
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw MigrationFailure(phase: "setup", error: nil, reason: "cannot create \(path): \(String(cString: strerror(errno)))") }
-        return FileHandle(fd: fd, path: path)
+        return MigrationFile(fd: fd, path: path)
     }
 
-    static func open(_ path: String) throws(MigrationFailure) -> FileHandle {
+    static func open(_ path: String) throws(MigrationFailure) -> MigrationFile {
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw MigrationFailure(phase: "setup", error: nil, reason: "cannot open \(path): \(String(cString: strerror(errno)))") }
-        return FileHandle(fd: fd, path: path)
+        return MigrationFile(fd: fd, path: path)
     }
 
     var size: UInt64 {
