@@ -75,7 +75,6 @@ import VFIOUserTransport
             _ = fds
             #expect(s.process.fdCount(settlingTo: before) == before)
         }
-        let start = monotonicNow()
         for i in 0..<1000 {
             try cycle(i, path: s.path, memory: memory)
             if i % 100 == 99 { #expect(s.process.isAlive, "cycle \(i)") }
@@ -89,7 +88,6 @@ import VFIOUserTransport
         #expect(mapsAfter <= mapsBefore + 16, "server mappings: \(mapsBefore) before, \(mapsAfter) after (DMA mmaps released)")
         #expect(s.process.isAlive)
         #expect(s.stillServes())
-        #expect(monotonicNow() - start < 30_000, "took \(monotonicNow() - start) ms")
     }
 
     @Test func anotherClientsErrorLosesNothingAClientWrote() throws {
@@ -163,10 +161,4 @@ import VFIOUserTransport
         #expect(!s.device.submitWork { _ in }, "no work after stopWork")
     }
 
-}
-
-func monotonicNow() -> Int {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
 }
