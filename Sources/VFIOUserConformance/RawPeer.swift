@@ -1,3 +1,4 @@
+import Glibc
 import VFIOUserProtocol
 import VFIOUserTransport
 
@@ -15,6 +16,22 @@ final class RawPeer {
     init(path: String, timeoutMs: Int32) throws(TransportError) {
         socket = try MessageSocket.connect(path: path)
         self.timeoutMs = timeoutMs
+        // A server that stops reading (or stops mid-message) must not hold a send or
+        // a body read beyond the check's timeout.
+        var tv = timeval(tv_sec: Int(timeoutMs / 1000), tv_usec: Int(timeoutMs % 1000) * 1000)
+        _ = setsockopt(socket.fd.rawValue, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        _ = setsockopt(socket.fd.rawValue, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Connects, retrying for up to `retryMs` while the socket refuses (a server that
+    /// has bound its socket but not yet listens).
+    static func connect(path: String, timeoutMs: Int32, retryMs: Int) -> RawPeer? {
+        let deadline = monotonicMs() + retryMs
+        while true {
+            if let p = try? RawPeer(path: path, timeoutMs: timeoutMs) { return p }
+            guard monotonicMs() < deadline else { return nil }
+            _ = poll(nil, 0, 10)
+        }
     }
 
     deinit { socket.fd.close() }
