@@ -61,6 +61,25 @@ extension ConformanceSuite {
                     + got.joined(separator: "; ") + (ok ? "; then \(describe(step))" : ""), "§3.8, §6")
         }
 
+        // A body that arrives in two writes, its rest in the same write as the next
+        // request: the server must wait for the whole body, then answer both.
+        if let p = freshNegotiated(&r, links, "message.split-body-pipelined") {
+            let first = Self.message(id: 0xA8A8, .regionRead, RegionAccess(offset: 0, region: 7, count: 4).encoded)
+            p.sendRaw(Array(first[..<24]))
+            _ = poll(nil, 0, 20)   // let the server see the first piece on its own
+            p.sendRaw(Array(first[24...]) + getInfoB)
+            let x = p.receive()
+            var ok = false
+            var detail = "REGION_READ whose last 8 body bytes come with the next request: \(show(x))"
+            if case .message(let m) = x, m.header.messageID == 0xA8A8, !m.header.isError {
+                let step = awaitStep(p, id: 0xB0B0, ignoringErrorsFor: [])
+                ok = step == .inStep
+                detail += "; then \(describe(step))"
+            }
+            r.check(ok, "message.split-body-pipelined", detail, "§1.2")
+            nextClientServed(&r, links, after: "message.split-body-pipelined", p)
+        }
+
         // Every split of a request across two writes.
         if let p = freshNegotiated(&r, links, "message.split-every-byte") {
             var bad: String?

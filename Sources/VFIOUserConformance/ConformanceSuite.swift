@@ -23,15 +23,18 @@ public struct ConformanceSuite: Sendable {
     public var serverCommand: String?
     /// How long a launched server may take to create its socket.
     public var launchTimeoutMs: Int
+    /// Where the launched server's output goes (nil: a temporary file, removed).
+    public var serverLogPath: String?
 
     public init(socketPath: String, timeoutMs: Int32 = 3000, connectionModel: ConnectionModel? = nil, disruptive: Bool = false,
-                serverCommand: String? = nil, launchTimeoutMs: Int = 10_000) {
+                serverCommand: String? = nil, launchTimeoutMs: Int = 10_000, serverLogPath: String? = nil) {
         self.socketPath = socketPath
         self.timeoutMs = timeoutMs
         self.connectionModel = connectionModel
         self.disruptive = disruptive
         self.serverCommand = serverCommand
         self.launchTimeoutMs = launchTimeoutMs
+        self.serverLogPath = serverLogPath
     }
 
     /// Checks that change device state (command register, BARs, reset, migration
@@ -40,9 +43,15 @@ public struct ConformanceSuite: Sendable {
 
     public func run() -> ConformanceReport {
         var r = Recorder()
-        let server = serverCommand.map { ServerProcess(template: $0, launchTimeoutMs: launchTimeoutMs) }
+        let server = serverCommand.map { ServerProcess(template: $0, launchTimeoutMs: launchTimeoutMs, logPath: serverLogPath) }
         let links = Connections(socketPath: socketPath, timeoutMs: timeoutMs, model: connectionModel, server: server)
         let name = serverCommand ?? socketPath
+        if let server, links.first == nil {
+            r.fail("server.launch", "`\(server.template)` \(server.reap(during: "start").map { "\($0)" } ?? "made no socket within \(launchTimeoutMs) ms")"
+                   + { let t = server.logTail(); return t.isEmpty ? "" : " (it said: \(t))" }(), "transport")
+            lifecycle(&r, links)
+            return ConformanceReport(server: name, results: r.results)
+        }
         if links.first != nil {
             r.pass("connection.model", links.model == .concurrent
                    ? "serves several clients at once: each check has a connection of its own"
@@ -50,24 +59,29 @@ public struct ConformanceSuite: Sendable {
                    ? "serves one client at a time (libvfio-user's model): the checks share one connection; the suite relaunches the server for those that need their own"
                    : "serves one client at a time (libvfio-user's model): the checks share one connection", "§1.1")
         }
-        negotiation(&r, links)
-        guard let info = deviceInfo(&r, links) else {
+        // A server that dies is found out by the group during which it did.
+        func group(_ name: String, _ body: (inout Recorder) -> Void) {
+            body(&r)
+            server?.reap(during: name)
+        }
+        group("version") { negotiation(&$0, links) }
+        var found: DeviceInfo?
+        group("info") { found = deviceInfo(&$0, links) }
+        guard let info = found else {
             lifecycle(&r, links)
             return ConformanceReport(server: name, results: r.results)
         }
-        regions(&r, info, links)
-        config(&r, links)
-        configStructure(&r, info, links)
-        interrupts(&r, info, links)
+        group("region") { regions(&$0, info, links) }
+        group("config") { config(&$0, links); configStructure(&$0, info, links) }
+        group("irq") { interrupts(&$0, info, links) }
         // With one connection and no relaunch, the message-handling checks go last: some may end it.
         let messagesLast = links.model == .oneAtATime && server == nil
-        if !messagesLast { messages(&r, links); framing(&r, links) }
-        dma(&r, links)
-        transfers(&r, info, links)
-        reset(&r, info, links)
-        resetState(&r, info, links)
-        migration(&r, links)
-        if messagesLast { messages(&r, links); framing(&r, links) }
+        if !messagesLast { group("message") { messages(&$0, links); framing(&$0, links) } }
+        group("dma") { dma(&$0, links) }
+        group("transfer") { transfers(&$0, info, links) }
+        group("reset") { reset(&$0, info, links); resetState(&$0, info, links) }
+        group("migration") { migration(&$0, links) }
+        if messagesLast { group("message") { messages(&$0, links); framing(&$0, links) } }
         lifecycle(&r, links)
         return ConformanceReport(server: name, results: r.results)
     }
@@ -451,7 +465,17 @@ public struct ConformanceSuite: Sendable {
                                     data: MigDeviceState(state: .error).encoded)
         let z = p.call(.deviceFeature, illegal.encoded)
         r.check(isError(z, .EINVAL), "migration.error-not-settable", "SET ERROR: \(show(z))", "§5.1")
-        if disruptive { migrationArcs(&r, p) }
+        if mutating {
+            migrationArcs(&r, p)
+            // On a connection of its own if the stream checks ended this one.
+            if let q = p.isOpen ? p : links.negotiated(&r, "migration.state-table") {
+                let get = DeviceFeature(argsz: 16, flags: UInt32(DeviceFeature.migration) | DeviceFeature.get)
+                var flags = MigrationFeatureFlags(rawValue: 0)
+                if case .message(let fm) = q.call(.deviceFeature, get.encoded), !fm.header.isError,
+                   let f = try? DeviceFeature(payload: Array(fm.payload)), let v = try? MigrationFeatureFlags(payload: f.data) { flags = v }
+                migrationTable(&r, q, preCopy: flags.contains(.preCopy), p2p: flags.contains(.p2p))
+            }
+        }
     }
 }
 

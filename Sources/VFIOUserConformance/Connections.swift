@@ -67,6 +67,7 @@ final class Connections {
     /// A new connection that has not negotiated, for check `id`; nil when the server
     /// takes one connection at a time and the suite cannot relaunch it.
     func fresh(_ id: String) -> RawPeer? {
+        server?.reap(during: "the checks before \(id)")
         switch model {
         case .concurrent:
             if let p = try? RawPeer(path: socketPath, timeoutMs: timeoutMs) { return p }
@@ -85,6 +86,7 @@ final class Connections {
     /// A negotiated connection for check `id`: a new one, or the shared one. nil (with
     /// the reason recorded against `id`) if there is none.
     func negotiated(_ r: inout ConformanceSuite.Recorder, _ id: String) -> RawPeer? {
+        server?.reap(during: "the checks before \(id)")
         switch model {
         case .concurrent:
             var p = try? RawPeer(path: socketPath, timeoutMs: timeoutMs)

@@ -38,18 +38,23 @@ final class ServerProcess {
     private(set) var launches = 0
     private(set) var endings: [Ending] = []
     /// The server's stdout and stderr, all launches appended.
-    var logPath: String { directory + "/server.log" }
+    let logPath: String
+    private let keepLog: Bool
 
-    init(template: String, launchTimeoutMs: Int) {
+    /// `logPath` nil: a temporary file, removed at the end.
+    init(template: String, launchTimeoutMs: Int, logPath: String? = nil) {
         self.template = template
         self.launchTimeoutMs = launchTimeoutMs
         var t = Array("/tmp/vfu-conform-XXXXXX".utf8CString)
         directory = t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        self.logPath = logPath ?? directory + "/server.log"
+        keepLog = logPath != nil
+        if keepLog { unlink(self.logPath) }
     }
 
     deinit {
         if pid > 0 { stop(during: "end of run") }
-        unlink(logPath)
+        if !keepLog { unlink(logPath) }
         unlink(socketPath)
         rmdir(directory)
     }

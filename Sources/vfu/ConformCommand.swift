@@ -27,6 +27,9 @@ struct ConformCommand: ParsableCommand {
     @Option(name: .customLong("server-cmd"), help: "Run the server under test: a shell command with {sock} where its socket path goes.")
     var serverCmd: String?
 
+    @Option(name: .customLong("server-log"), help: "With --server-cmd: append the server's output to this file (default: a temporary file, removed).")
+    var serverLog: String?
+
     @Flag(help: "Print the report as JSON.")
     var json = false
 
@@ -57,7 +60,7 @@ struct ConformCommand: ParsableCommand {
     func run() throws {
         let report = ConformanceSuite(socketPath: socket ?? "", timeoutMs: timeoutMs,
                                       connectionModel: ConnectionModel(rawValue: connections), disruptive: disruptive,
-                                      serverCommand: serverCmd).run()
+                                      serverCommand: serverCmd, serverLogPath: serverLog).run()
         print(json ? report.json : report.text)
         if let junit, !report.writeJUnit(to: junit) {
             throw ValidationError("cannot write the JUnit report to \(junit)")
