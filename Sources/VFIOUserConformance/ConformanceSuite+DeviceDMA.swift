@@ -1,3 +1,4 @@
+import Glibc
 import VFIOUserClient
 import VFIOUserProtocol
 import VFIOUserTransport
@@ -10,7 +11,7 @@ import VFIOUserTransport
 extension ConformanceSuite {
     enum Doorbell {
         static let magic: UInt32 = 0x4455_4656
-        static let addrLow = 0x10, addrHigh = 0x14, length = 0x18, pattern = 0x1C, doorbell = 0x20, result = 0x28, error = 0x2C, irqAck = 0x34
+        static let completions = 0x0C, addrLow = 0x10, addrHigh = 0x14, length = 0x18, pattern = 0x1C, doorbell = 0x20, result = 0x28, error = 0x2C, irqAck = 0x34
         static let fill: UInt32 = 1, checksum: UInt32 = 2
     }
 
@@ -46,7 +47,12 @@ extension ConformanceSuite {
         func ring(_ cmd: UInt32, _ address: UInt64, _ length: UInt32, pattern: UInt32 = 0) -> UInt32? {
             reg(Doorbell.addrLow, UInt32(truncatingIfNeeded: address)); reg(Doorbell.addrHigh, UInt32(address >> 32))
             reg(Doorbell.length, length); reg(Doorbell.pattern, pattern)
+            let before = reg(Doorbell.completions)
             reg(Doorbell.doorbell, cmd)
+            // The device may work after the write's reply: wait (bounded) for the
+            // completion count to move, serving its DMA meanwhile.
+            let deadline = monotonicMs() + Int(timeoutMs)
+            while reg(Doorbell.completions) == before && monotonicMs() < deadline { _ = poll(nil, 0, 1) }
             let e = reg(Doorbell.error)
             reg(Doorbell.irqAck, 1)
             return e
