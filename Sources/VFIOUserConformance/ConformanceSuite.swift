@@ -77,6 +77,7 @@ public struct ConformanceSuite: Sendable {
         // With one connection and no relaunch, the message-handling checks go last: some may end it.
         let messagesLast = links.model == .oneAtATime && server == nil
         if !messagesLast { group("message") { messages(&$0, links); framing(&$0, links) } }
+        group("command") { commands(&$0, links) }
         group("dma") { dma(&$0, links); deviceDMA(&$0, info, links) }
         group("transfer") { transfers(&$0, info, links) }
         group("reset") { reset(&$0, info, links); resetState(&$0, info, links) }
