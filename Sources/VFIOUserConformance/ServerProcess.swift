@@ -37,6 +37,9 @@ final class ServerProcess {
     private(set) var socketPath = ""
     private(set) var launches = 0
     private(set) var endings: [Ending] = []
+    /// Launches in a row that made no socket: after two the suite stops trying, so a
+    /// server that never comes up costs two launch timeouts, not one per check.
+    private var failedLaunches = 0
     /// The server's stdout and stderr, all launches appended.
     let logPath: String
     private let keepLog: Bool
@@ -67,6 +70,8 @@ final class ServerProcess {
     @discardableResult
     func launch(during check: String) -> Bool {
         if pid > 0 { stop(during: check) }
+        guard failedLaunches < 2 else { return false }
+        failedLaunches += 1
         if !socketPath.isEmpty { unlink(socketPath) }
         launches += 1
         socketPath = "\(directory)/s\(launches).sock"
@@ -95,7 +100,7 @@ final class ServerProcess {
         let deadline = monotonicMs() + launchTimeoutMs
         while monotonicMs() < deadline {
             var st = stat()
-            if stat(socketPath, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { return true }
+            if stat(socketPath, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK { failedLaunches = 0; return true }
             guard reap(during: check) == nil else { return false }
             _ = poll(nil, 0, 10)
         }

@@ -36,6 +36,9 @@ struct ConformCommand: ParsableCommand {
     @Option(help: "Also write the report as JUnit XML to this file.")
     var junit: String?
 
+    @Option(help: "With --server-cmd: milliseconds the server may take to create its socket.")
+    var launchTimeoutMs: Int = 10_000
+
     @Option(help: "Milliseconds to wait for each reply.")
     var timeoutMs: Int32 = 3000
 
@@ -60,7 +63,7 @@ struct ConformCommand: ParsableCommand {
     func run() throws {
         let report = ConformanceSuite(socketPath: socket ?? "", timeoutMs: timeoutMs,
                                       connectionModel: ConnectionModel(rawValue: connections), disruptive: disruptive,
-                                      serverCommand: serverCmd, serverLogPath: serverLog).run()
+                                      serverCommand: serverCmd, launchTimeoutMs: launchTimeoutMs, serverLogPath: serverLog).run()
         print(json ? report.json : report.text)
         if let junit, !report.writeJUnit(to: junit) {
             throw ValidationError("cannot write the JUnit report to \(junit)")
