@@ -3,12 +3,15 @@ import VFIOUserProtocol
 import VFIOUserTransport
 
 /// Protocol conformance checks that run against any vfio-user server over its
-/// socket: negotiation, information, region access, interrupts, message handling,
-/// DMA and reset, judged against the specification and what QEMU 11.1 needs.
+/// socket: negotiation, information, regions, config space, interrupts, commands,
+/// message framing, DMA, large transfers, reset and migration, judged against the
+/// specification and what QEMU 11.1 needs (docs/conformance.md lists them).
 ///
 /// Checks that send bad input use their own connection, so one server mistake
-/// does not hide the next. Nothing here writes device registers other than config
-/// space scratch fields (interrupt line), so it is safe against a live device.
+/// does not hide the next; with `serverCommand` the suite runs the server itself and
+/// relaunches it for them. Unless `disruptive` or `serverCommand`, nothing here writes
+/// device registers other than config space scratch fields (interrupt line), so it
+/// is safe against a live device.
 public struct ConformanceSuite: Sendable {
     public var socketPath: String
     public var timeoutMs: Int32
