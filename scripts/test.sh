@@ -25,6 +25,9 @@ set -e
 grep -vE '^\[[0-9]+/[0-9]+\] |Test .* started\.$|^Test Case .* started\.$' /tmp/vfu-swift-test.log | tail -n 300
 [ "$status" -eq 0 ] || { echo "swift test failed (status $status); full log: /tmp/vfu-swift-test.log"; exit "$status"; }
 
+echo "== vfu conform against vfu serve of every spec"
+scripts/conform.sh
+
 if [ "${SKIP_QEMU:-0}" = 1 ]; then
   echo "== QEMU end-to-end skipped (SKIP_QEMU=1)"
   exit 0

@@ -1,3 +1,5 @@
+import Glibc
+
 /// The outcome of one conformance check.
 public struct ConformanceResult: Sendable, Equatable {
     public enum Outcome: String, Sendable, Equatable {
@@ -54,5 +56,46 @@ public struct ConformanceReport: Sendable {
     public var json: String {
         "{\"server\":\"\(server)\",\"passed\":\(count(.pass)),\"failed\":\(count(.fail)),\"warnings\":\(count(.warn)),"
             + "\"skipped\":\(count(.skip)),\"results\":[\(results.map(\.json).joined(separator: ","))]}"
+    }
+
+    /// JUnit XML: one testcase per check, named by its id and classed by its group; a
+    /// FAIL is a failure, a SKIP skipped, a WARN passes with the warning as output.
+    public var junit: String {
+        func x(_ s: String) -> String {
+            var o = ""
+            for c in s.unicodeScalars {
+                switch c {
+                case "&": o += "&amp;"
+                case "<": o += "&lt;"
+                case ">": o += "&gt;"
+                case "\"": o += "&quot;"
+                default: if c.value < 0x20 { o += " " } else { o.unicodeScalars.append(c) }
+                }
+            }
+            return o
+        }
+        var out = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n"
+        out += "<testsuite name=\"vfu conform \(x(server))\" tests=\"\(results.count)\" failures=\"\(count(.fail))\" errors=\"0\" skipped=\"\(count(.skip))\">\n"
+        for r in results {
+            let group = r.id.split(separator: ".").first.map(String.init) ?? r.id
+            let text = x("\(r.detail) [\(r.source)]")
+            out += "  <testcase classname=\"conform.\(x(group))\" name=\"\(x(r.id))\">"
+            switch r.outcome {
+            case .pass: out += "<system-out>\(text)</system-out>"
+            case .warn: out += "<system-out>WARN: \(text)</system-out>"
+            case .fail: out += "<failure message=\"\(text)\"/>"
+            case .skip: out += "<skipped message=\"\(text)\"/>"
+            }
+            out += "</testcase>\n"
+        }
+        return out + "</testsuite>\n</testsuites>\n"
+    }
+
+    /// Writes `junit` to `path`.
+    public func writeJUnit(to path: String) -> Bool {
+        guard let f = fopen(path, "w") else { return false }
+        let bytes = Array(junit.utf8)
+        let n = fwrite(bytes, 1, bytes.count, f)
+        return fclose(f) == 0 && n == bytes.count
     }
 }

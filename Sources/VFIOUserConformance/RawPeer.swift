@@ -1,3 +1,4 @@
+import Glibc
 import VFIOUserProtocol
 import VFIOUserTransport
 
@@ -15,6 +16,22 @@ final class RawPeer {
     init(path: String, timeoutMs: Int32) throws(TransportError) {
         socket = try MessageSocket.connect(path: path)
         self.timeoutMs = timeoutMs
+        // A server that stops reading (or stops mid-message) must not hold a send or
+        // a body read beyond the check's timeout.
+        var tv = timeval(tv_sec: Int(timeoutMs / 1000), tv_usec: Int(timeoutMs % 1000) * 1000)
+        _ = setsockopt(socket.fd.rawValue, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        _ = setsockopt(socket.fd.rawValue, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Connects, retrying for up to `retryMs` while the socket refuses (a server that
+    /// has bound its socket but not yet listens).
+    static func connect(path: String, timeoutMs: Int32, retryMs: Int) -> RawPeer? {
+        let deadline = monotonicMs() + retryMs
+        while true {
+            if let p = try? RawPeer(path: path, timeoutMs: timeoutMs) { return p }
+            guard monotonicMs() < deadline else { return nil }
+            _ = poll(nil, 0, 10)
+        }
     }
 
     deinit { socket.fd.close() }
@@ -65,6 +82,7 @@ final class RawPeer {
             guard case .message(let m) = r else { return r }
             if m.header.isReply && m.header.messageID == id { return r }
             m.closeFDs()
+            if !m.header.isReply { serve(m) }
         }
     }
 
@@ -74,5 +92,57 @@ final class RawPeer {
         p.u16(0); p.u16(0); p.append(Array(Self.qemuVersionJSON.utf8)); p.u8(0)
         guard case .message(let m) = call(.version, p.bytes), !m.header.isError else { return nil }
         return m
+    }
+
+    /// Memory the suite lends the server for message-based DMA (a DMA_MAP without an
+    /// fd): the server's DMA_READ and DMA_WRITE are served from it while a call waits.
+    var guestMemory: GuestMemory?
+    /// What the server asked of us, in order ("DMA_WRITE 0x80001000+4096", ...).
+    private(set) var served: [String] = []
+
+    /// Answers a command from the server: DMA_READ / DMA_WRITE against `guestMemory`
+    /// (EFAULT outside it), anything else ENOSYS, as QEMU does.
+    private func serve(_ m: ReceivedMessage) {
+        let h = m.header
+        guard h.command == .dmaRead || h.command == .dmaWrite, let a = try? DMAAccess(payload: Array(m.payload)) else {
+            served.append("\(h.command) refused")
+            if h.flags & MessageHeader.noReplyFlag == 0 { try? socket.send(header: .errorReply(to: h, errno: .ENOSYS), payload: []) }
+            return
+        }
+        served.append("\(h.command) 0x\(String(a.address, radix: 16))+\(a.count)")
+        var reply: [UInt8]?
+        if let mem = guestMemory, a.count <= 64 << 20 {
+            if h.command == .dmaRead, let bytes = mem.read(a.address, Int(a.count)) {
+                reply = DMAAccess(address: a.address, count: a.count, data: bytes).encoded
+            } else if h.command == .dmaWrite, a.data.count >= Int(a.count), mem.write(a.address, Array(a.data.prefix(Int(a.count)))) {
+                reply = DMAAccess(address: a.address, count: a.count).encoded
+            }
+        }
+        guard h.flags & MessageHeader.noReplyFlag == 0 else { return }
+        if let reply {
+            try? socket.send(header: .reply(to: h, payloadSize: reply.count), payload: reply)
+        } else {
+            try? socket.send(header: .errorReply(to: h, errno: .EFAULT), payload: [])
+        }
+    }
+}
+
+/// Guest memory of the suite's own, lent by a DMA_MAP without an fd.
+final class GuestMemory {
+    let base: UInt64
+    var bytes: [UInt8]
+    init(base: UInt64, size: Int) { self.base = base; bytes = [UInt8](repeating: 0, count: size) }
+
+    func read(_ address: UInt64, _ count: Int) -> [UInt8]? {
+        guard address >= base, address - base + UInt64(count) <= UInt64(bytes.count) else { return nil }
+        let o = Int(address - base)
+        return Array(bytes[o..<o + count])
+    }
+
+    func write(_ address: UInt64, _ data: [UInt8]) -> Bool {
+        guard address >= base, address - base + UInt64(data.count) <= UInt64(bytes.count) else { return false }
+        let o = Int(address - base)
+        bytes.replaceSubrange(o..<o + data.count, with: data)
+        return true
     }
 }
