@@ -307,7 +307,7 @@ if [ "${SKIP_SMOKE:-0}" != 1 ] && [ ! -e "$GUEST_DIR/.vfu-smoke-ok" ]; then
     -nographic -no-reboot -accel tcg -m 512M -machine q35,memory-backend=mem \
     -object memory-backend-memfd,id=mem,size=512M,share=on -vga none -net none \
     -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initramfs.cpio.gz" \
-    -append 'console=ttyS0 panic=-1 quiet memmap=64K$0x1f000000 vfu_smoke=1' >/tmp/vfu-qemu-smoke.log 2>&1
+    -append 'console=ttyS0 panic=-1 quiet no_timer_check memmap=64K$0x1f000000 vfu_smoke=1' >/tmp/vfu-qemu-smoke.log 2>&1
   rc=$?
   set -e
   if [ $rc -ne 0 ] || ! grep -q '^E2E done' <(tr -d '\r' </tmp/vfu-qemu-smoke.log); then
