@@ -43,7 +43,9 @@ public final class DMAController: @unchecked Sendable {
 
     init(lock: DeviceLock) { self.lock = lock }
 
-    public private(set) var mappings: [DMAMapping] = []  // sorted by address, disjoint
+    /// The mappings, sorted by address and disjoint (a copy, taken under the lock).
+    public var mappings: [DMAMapping] { lock.withLock { _mappings } }
+    private var _mappings: [DMAMapping] = []  // sorted by address, disjoint; the device lock guards it
     public let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
     /// Whether device-initiated DMA is currently allowed (Bus Master Enable, migration state).
     var allowed: @Sendable () -> VFIOErrno? = { nil }
@@ -65,7 +67,7 @@ public final class DMAController: @unchecked Sendable {
             defer { fd?.close() }
             guard req.size > 0, req.address <= UInt64.max - req.size else { throw .EINVAL }
             guard req.flags.isSubset(of: [.read, .write]), !req.flags.isEmpty else { throw .EINVAL }
-            if let existing = mappings.first(where: { $0.address < req.address + req.size && req.address < $0.end }) {
+            if let existing = _mappings.first(where: { $0.address < req.address + req.size && req.address < $0.end }) {
                 // An identical re-map by the same client is accepted as a no-op (libvfio-user
                 // does the same; QEMU re-sends maps while firmware remaps memory); any other
                 // overlap is EEXIST as the specification says.
@@ -74,7 +76,7 @@ public final class DMAController: @unchecked Sendable {
                    (existing.memory != nil) == (fd != nil) { return }
                 throw .EEXIST
             }
-            guard mappings.lazy.filter({ $0.owner == owner }).count < limit else { throw .ENOSPC }
+            guard _mappings.lazy.filter({ $0.owner == owner }).count < limit else { throw .ENOSPC }
             var memory: MemoryMapping? = nil
             var bias = 0
             if let fd {
@@ -101,8 +103,8 @@ public final class DMAController: @unchecked Sendable {
                                fileOffset: req.offset, memory: memory, memoryBias: bias, owner: owner,
                                transport: fd == nil ? transport : nil)
             nextMappingID += 1
-            let at = mappings.firstIndex { $0.address > req.address } ?? mappings.count
-            mappings.insert(m, at: at)
+            let at = _mappings.firstIndex { $0.address > req.address } ?? _mappings.count
+            _mappings.insert(m, at: at)
         }
     }
 
@@ -110,26 +112,26 @@ public final class DMAController: @unchecked Sendable {
     /// (ENOENT otherwise: one client cannot unmap another's memory).
     @_spi(Server) public func unmap(address: UInt64, size: UInt64, owner: SessionID? = nil) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
-            guard let i = mappings.firstIndex(where: { $0.address == address && $0.size == size && (owner == nil || $0.owner == owner) }) else {
+            guard let i = _mappings.firstIndex(where: { $0.address == address && $0.size == size && (owner == nil || $0.owner == owner) }) else {
                 throw .ENOENT
             }
-            mappings.remove(at: i)
+            _mappings.remove(at: i)
         }
     }
 
     /// Removes every mapping, or every mapping `owner` made.
     @_spi(Server) public func unmapAll(owner: SessionID? = nil) {
-        lock.withLock { mappings.removeAll { owner == nil || $0.owner == owner } }
+        lock.withLock { _mappings.removeAll { owner == nil || $0.owner == owner } }
     }
 
-    @_spi(Server) public func removeAll(owner: SessionID) { lock.withLock { mappings.removeAll { $0.owner == owner } } }
+    @_spi(Server) public func removeAll(owner: SessionID) { lock.withLock { _mappings.removeAll { $0.owner == owner } } }
 
     // MARK: Device access
 
     /// The mapping covering `pos`, its offset and how many bytes of [pos, end) it covers.
     private func piece(at pos: UInt64, end: UInt64, write: Bool) throws(VFIOErrno) -> (DMAMapping, UInt64, Int) {
-        guard let i = mappings.lastIndex(where: { $0.address <= pos }), pos < mappings[i].end else { throw .EFAULT }
-        let m = mappings[i]
+        guard let i = _mappings.lastIndex(where: { $0.address <= pos }), pos < _mappings[i].end else { throw .EFAULT }
+        let m = _mappings[i]
         guard m.flags.contains(write ? .write : .read) else { throw .EPERM }
         return (m, pos - m.address, Int(min(end, m.end) - pos))
     }
@@ -153,7 +155,7 @@ public final class DMAController: @unchecked Sendable {
     private func revalidate(_ mapping: DMAMapping, generation: UInt64?, startGeneration: UInt64) throws(VFIOErrno) {
         if resetGeneration != (generation ?? startGeneration) { throw .ECANCELED }
         if let e = allowed() { throw e }
-        guard mappings.contains(where: { $0.id == mapping.id }) else { throw .EFAULT }
+        guard _mappings.contains(where: { $0.id == mapping.id }) else { throw .EFAULT }
     }
 
     /// Reads client memory on the device's behalf. `generation` (a job's) makes the

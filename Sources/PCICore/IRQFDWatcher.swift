@@ -16,13 +16,13 @@ final class IRQFDWatcher: Sendable {
         var unmask: Bool
     }
 
-    private struct State: ~Copyable {
+    private struct State: Sendable {
         var fds: [Key: (fd: OwnedFD, owner: SessionID)] = [:]
         var started = false
         var stopped = false
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let wake: OwnedFD?
     /// Applies a mask (false) or unmask (true) to a vector; called on the watcher thread.
     private let apply: @Sendable (Key) -> Void

@@ -38,7 +38,9 @@ public final class PCIDevice: @unchecked Sendable {
     public internal(set) var barHandlers: [Int: RegionMux] = [:]
     /// Shared memory of each RAM-backed BAR.
     public internal(set) var barMemory: [Int: SharedMemory] = [:]
-    public private(set) var resetCount = 0
+    /// How many resets the device has been through.
+    public var resetCount: Int { lock.withLock { _resetCount } }
+    private var _resetCount = 0
     /// Device-info capabilities (zPCI, AtomicOps), reachable only through our
     /// opt-in protocol extension because the vfio-user GET_INFO reply has no cap_offset.
     public var deviceInfoCapabilities: [DeviceInfoCapability] {
@@ -346,7 +348,7 @@ public final class PCIDevice: @unchecked Sendable {
             _migration?.deviceWasReset()
             // Jobs started before now are cancelled (DeviceJob).
             dma.resetGeneration &+= 1
-            resetCount += 1
+            _resetCount += 1
             for h in resetHooks { h(reason) }
         }
     }

@@ -29,8 +29,8 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     /// The owner that last refused this client a command (it is not made to wait again).
     var refusedBy: SessionID?
 
-    private let readerThread = Mutex(0)
-    private let pending = Mutex<(next: UInt16, waiters: [UInt16: Completion<ReceivedMessage?>], closed: Bool)>((1, [:], false))
+    private let readerThread = Locked(0)
+    private let pending = Locked<(next: UInt16, waiters: [UInt16: Completion<ReceivedMessage?>], closed: Bool)>((1, [:], false))
     // Reader thread only.
     private var deferred: [ReceivedMessage] = []
     // Set from any thread that fails to send on this connection.

@@ -25,7 +25,7 @@ public final class VFIOUserServer: Sendable {
         /// Threads of connections that ended, to be joined.
         var finished: [pthread_t] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init(device: PCIDevice, options: ServerOptions = ServerOptions(), logger: Logger = Logger(label: "vfu")) {
         self.device = device

@@ -49,7 +49,7 @@ public enum ReceiveError: Error, Equatable, CustomStringConvertible {
 /// different threads without interleaving bytes.
 public final class MessageSocket: Sendable {
     public let fd: OwnedFD
-    private let sendLock = Mutex(())
+    private let sendLock = Locked(())
 
     public init(fd: OwnedFD) { self.fd = fd }
 

@@ -8,21 +8,16 @@ import Synchronization
 /// A class rather than a `~Copyable` struct because fds travel in arrays
 /// (SCM_RIGHTS batches) and between threads.
 public final class OwnedFD: Sendable, CustomStringConvertible {
-    private let state: Mutex<Int32>
+    private let state: Atomic<Int32>
 
-    public init(_ fd: Int32) { state = Mutex(fd) }
+    public init(_ fd: Int32) { state = Atomic(fd) }
 
     /// The raw descriptor, -1 once taken or closed. Valid only while `self` is alive.
-    public var rawValue: Int32 { state.withLock { $0 } }
+    public var rawValue: Int32 { state.load(ordering: .acquiring) }
 
     /// Hands the descriptor to the caller, who becomes responsible for closing it.
-    public func take() -> Int32 {
-        state.withLock { fd in
-            let v = fd
-            fd = -1
-            return v
-        }
-    }
+    /// Exactly one caller gets it, however many race.
+    public func take() -> Int32 { state.exchange(-1, ordering: .acquiringAndReleasing) }
 
     /// Duplicates the descriptor (with CLOEXEC) into a new owner.
     public func duplicate() throws(TransportError) -> OwnedFD {

@@ -46,14 +46,32 @@ public final class UnixListener: Sendable {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw .system("socket", errno) }
         let owned = OwnedFD(s)
+        // Bound under a temporary name beside the path, listening, then renamed into
+        // place: the path appears only once a connect to it succeeds (a client that
+        // waits for the file, as QEMU's launcher and our tests do, is never refused).
+        // (A path too long for the staging name is bound directly.)
         var addr = try UnixAddress(path: path)
+        var staging = path
+        if let a = try? UnixAddress(path: path + ".\(getpid()).new") {
+            staging = path + ".\(getpid()).new"
+            addr = a
+            _ = unlink(staging)
+        }
         // Create the file 0600 from the start: no window where others may connect.
         let old = umask(0o177)
         let r = addr.withSockaddr { bind(s, $0, $1) }
         let bindErrno = errno
         umask(old)
         guard r == 0 else { throw .system("bind \(path)", bindErrno) }
-        guard listen(s, backlog) == 0 else { throw .system("listen", errno) }
+        guard listen(s, backlog) == 0 else { let e = errno; unlink(staging); throw .system("listen", e) }
+        if staging != path {
+            // link(2), not rename(2): it never replaces a file that appeared at the path
+            // since it was checked above.
+            let linked = link(staging, path) == 0
+            let e = errno
+            unlink(staging)
+            guard linked else { throw e == EEXIST ? .refused("'\(path)' appeared while the server was starting; refusing to replace it") : .system("link \(path)", e) }
+        }
         self.path = path
         self.fd = owned
     }
