@@ -70,10 +70,10 @@ final class Guest: @unchecked Sendable {
     let memory: ClientMemory
     var tail: UInt32 = 0
     var irq: OwnedFD?
-    private let stopFlag = Mutex(false)
-    private let running = Mutex(false)
+    private let stopFlag = Locked(false)
+    private let running = Locked(false)
     /// Pages the guest CPU wrote (the VMM copies them; KVM would track them).
-    let cpuDirty = Mutex(Set<Int>())
+    let cpuDirty = Locked(Set<Int>())
 
     init(client: VFIOUserClient, mapWithFD: Bool = true, memory: ClientMemory? = nil) throws {
         self.client = client

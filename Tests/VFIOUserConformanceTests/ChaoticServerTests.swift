@@ -76,8 +76,8 @@ import VFIOUserTransport
 
 /// One generator shared by the chaotic server's connections.
 final class ChaosSource: Sendable {
-    let chaos: Mutex<Chaos>
-    init(_ c: Chaos) { chaos = Mutex(c) }
+    let chaos: Locked<Chaos>
+    init(_ c: Chaos) { chaos = Locked(c) }
 }
 
 /// The chaotic server's choices.

@@ -83,9 +83,10 @@ import VFIOUserTransport
         #expect(after == before, "server fds: \(before) before, \(after) after 1,000 connections")
         let threadsAfter = s.process.value({ s.process.threadCount }, settlingTo: threadsBefore)
         #expect(threadsAfter == threadsBefore, "server threads: \(threadsBefore) before, \(threadsAfter) after")
-        // 200 of the cycles mapped a memfd; a few new malloc arenas are fine, a mapping per cycle is not.
+        // 200 of the cycles mapped a memfd; a few new malloc arenas (and, under a sanitizer,
+        // its own mappings) are fine, a mapping per cycle is not.
         let mapsAfter = s.process.mappingCount
-        #expect(mapsAfter <= mapsBefore + 16, "server mappings: \(mapsBefore) before, \(mapsAfter) after (DMA mmaps released)")
+        #expect(mapsAfter <= mapsBefore + 64, "server mappings: \(mapsBefore) before, \(mapsAfter) after (DMA mmaps released)")
         #expect(s.process.isAlive)
         #expect(s.stillServes())
     }
