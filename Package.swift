@@ -13,6 +13,8 @@
 //   VariantDevices     IGD, NVLink2, Grace, migratable VF, ...: built on PCICore's public API only
 //   VFIOUserClient     client library (the VMM side)
 //   VFIOUserConformance protocol conformance checks against any vfio-user server
+//   VFIOUserCapture    pcapng captures and the protocol validator: pure, no I/O
+//   VFIOUserProxy      the transparent proxy, capture files, message recording, replay
 //   vfu                the command-line tool
 import PackageDescription
 
@@ -71,11 +73,18 @@ let package = Package(
             name: "VFIOUserConformance",
             dependencies: ["VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport"],
             swiftSettings: strict),
+        .target(name: "VFIOUserCapture", dependencies: ["VFIOUserProtocol"], swiftSettings: strict),
+        .target(
+            name: "VFIOUserProxy",
+            dependencies: ["CVFIOUserShim", "VFIOUserProtocol", "VFIOUserTransport", "VFIOUserCapture",
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         .executableTarget(
             name: "vfu",
             dependencies: [
                 "VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer",
                 "DeviceSpecs", "VariantDevices", "VFIOUserClient", "VFIOUserConformance",
+                "VFIOUserCapture", "VFIOUserProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -101,6 +110,12 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "CXXHash", "MigrationStream", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VFIOUserClientTests", dependencies: ["VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "VFIOUserCaptureTests", dependencies: ["VFIOUserCapture", "VFIOUserProtocol", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "VFIOUserProxyTests",
+            dependencies: ["VFIOUserProxy", "VFIOUserCapture", "VFIOUserServer", "VFIOUserClient", "VariantDevices", "DeviceSpecs",
+                           "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim", "TestSupport"],
+            swiftSettings: strict),
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",

@@ -36,6 +36,12 @@ int vfu_send_all2(int sock, const void *a, size_t alen, const void *b, size_t bl
 ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
                        int *extra_fds, int *ctrunc);
 
+/// One recvmsg(2) of at most len bytes with MSG_CMSG_CLOEXEC (retried on EINTR), for
+/// byte-exact forwarding: returns what arrived (0 at EOF) or -1 with errno. SCM_RIGHTS
+/// fds ride on the first byte returned; up to max_fds (253 = SCM_MAX_FD fit) are stored
+/// in fds, the rest closed. *ctrunc is set on MSG_CTRUNC (the stored fds stay open).
+ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc);
+
 /// recv exactly len bytes without ancillary data. Returns bytes read (< len at EOF) or -1.
 ssize_t vfu_read_exact(int sock, void *buf, size_t len);
 

@@ -1,0 +1,140 @@
+import CVFIOUserShim
+import Glibc
+import Logging
+import VFIOUserCapture
+import VFIOUserProtocol
+
+/// Forwards one direction of a proxied connection, message by message.
+///
+/// Reads never run past the end of the current message, so the fds a read returns
+/// are exactly the ones the sender attached to that message (the kernel may otherwise
+/// hand out a later message's fds together with an earlier message's tail), and they
+/// are sent on with the first byte of the same message, as the sender sent them.
+/// Memory is one buffer of `bufferSize` bytes plus, when recording, at most a snap
+/// length of a message larger than that buffer; whatever msg_size claims.
+struct Pump {
+    static let bufferSize = 256 << 10
+    /// SCM_MAX_FD: the most fds one sendmsg can carry.
+    static let maxFDs = 253
+
+    let from: Int32
+    let to: Int32
+    let direction: CaptureDirection
+    let recorder: ConnectionRecorder?
+    let logger: Logger
+
+    private var buffer = [UInt8](repeating: 0, count: Pump.bufferSize)
+    private var fill = 0
+    /// fds received for the current message and not yet sent on.
+    private var fds: [Int32] = []
+    private var fdInfo: [CapturedFD] = []
+    /// Bytes of a message larger than the buffer, already forwarded but kept for the record.
+    private var spill: [UInt8] = []
+    private var spilled = 0
+
+    init(from: Int32, to: Int32, direction: CaptureDirection, recorder: ConnectionRecorder?, logger: Logger) {
+        self.from = from
+        self.to = to
+        self.direction = direction
+        self.recorder = recorder
+        self.logger = logger
+    }
+
+    /// Runs until either side fails or closes.
+    mutating func run() {
+        defer { closeFDs() }
+        while true {
+            // The header, however it is split.
+            guard read(upTo: MessageHeader.size) else { finishIncomplete(); return }
+            let size = Int(buffer.le32(at: 4))
+            guard size >= MessageHeader.size else { forwardRaw(); return }
+            var remaining = size - MessageHeader.size
+            while remaining > 0 {
+                if fill == buffer.count {
+                    guard flushSegment() else { return }
+                }
+                let want = min(buffer.count - fill, remaining)
+                let before = fill
+                guard read(upTo: fill + want, partial: true) else { finishIncomplete(); return }
+                remaining -= fill - before
+            }
+            record(originalLength: size, flags: [])
+            guard send() else { return }
+        }
+    }
+
+    /// Reads until `fill == target` (or, with `partial`, until one read returned data).
+    /// False at end of stream or on error.
+    private mutating func read(upTo target: Int, partial: Bool = false) -> Bool {
+        var got = [Int32](repeating: -1, count: Self.maxFDs)
+        while fill < target {
+            var nfds: Int32 = 0, ctrunc: Int32 = 0
+            let n = buffer.withUnsafeMutableBytes { b in
+                got.withUnsafeMutableBufferPointer { g in
+                    vfu_recv_some(from, b.baseAddress! + fill, target - fill, g.baseAddress, Int32(Self.maxFDs), &nfds, &ctrunc)
+                }
+            }
+            if nfds > 0 {
+                let arrived = Array(got[0..<Int(nfds)])
+                fds += arrived
+                if recorder != nil { fdInfo += arrived.map(inspectFD) }
+            }
+            if ctrunc != 0 { logger.warning("\(direction): the kernel dropped fds (MSG_CTRUNC)") }
+            if n <= 0 { return false }
+            fill += n
+            if partial { return true }
+        }
+        return true
+    }
+
+    /// Sends the buffer on (with any pending fds) and empties it.
+    private mutating func send() -> Bool {
+        let r = buffer.withUnsafeBytes { b in
+            fds.withUnsafeBufferPointer { f in vfu_send_all(to, b.baseAddress, fill, f.baseAddress, Int32(f.count)) }
+        }
+        closeFDs()
+        fill = 0
+        return r == 0
+    }
+
+    /// Part of a message larger than the buffer: keep what the snap length allows, send it on.
+    private mutating func flushSegment() -> Bool {
+        if recorder != nil {
+            let snap = recorder!.parent.settings.snapLength
+            spill += buffer[0 ..< min(fill, max(snap - spill.count, 0))]
+        }
+        spilled += fill
+        return send()
+    }
+
+    private mutating func record(originalLength: Int, flags: CaptureRecord.Flags) {
+        defer { spill.removeAll(keepingCapacity: false); spilled = 0; fdInfo.removeAll() }
+        guard let recorder else { return }
+        let room = max(recorder.parent.settings.snapLength - spill.count, 0)
+        let message = spilled == 0 ? Array(buffer[0..<fill]) : spill + buffer[0 ..< min(fill, room)]
+        recorder.record(direction, message: message, originalLength: originalLength, fds: fdInfo, flags: flags)
+    }
+
+    /// The stream ended inside a message: pass on what there is, then stop.
+    private mutating func finishIncomplete() {
+        guard fill > 0 || spilled > 0 else { return }
+        let length = spilled + fill
+        record(originalLength: length, flags: .incomplete)
+        _ = send()
+    }
+
+    /// msg_size < 16: nobody can frame this stream any more. Forward bytes as they come,
+    /// exactly as before, so the peer fails the way it would without us.
+    private mutating func forwardRaw() {
+        while true {
+            record(originalLength: fill, flags: .raw)
+            guard send() else { return }
+            guard read(upTo: buffer.count, partial: true) else { return }
+        }
+    }
+
+    private mutating func closeFDs() {
+        for f in fds { _ = Glibc.close(f) }
+        fds.removeAll()
+    }
+}
