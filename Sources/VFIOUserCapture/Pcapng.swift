@@ -9,8 +9,12 @@ import VFIOUserProtocol
 public enum Pcapng {
     /// LINKTYPE_USER0: a private link type; contrib/wireshark/vfio-user.lua claims it.
     public static let linkTypeUser0: UInt16 = 147
-    /// Default snap length: a full 1 MiB data transfer plus headers.
-    public static let defaultSnapLength = (1 << 20) + 256
+    /// The largest packet Wireshark reads for a link type like ours
+    /// (WTAP_MAX_PACKET_SIZE_STANDARD, 256 KiB); longer messages are truncated to it
+    /// in the capture (their original length is kept).
+    public static let maxSnapLength = 262_144
+    /// Default snap length, in bytes of packet (pseudo-header included).
+    public static let defaultSnapLength = maxSnapLength
 
     static let sectionHeaderType: UInt32 = 0x0A0D_0D0A
     static let interfaceDescriptionType: UInt32 = 1

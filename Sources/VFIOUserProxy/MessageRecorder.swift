@@ -12,6 +12,7 @@ public final class MessageRecorder: Sendable {
         public var trace = false
         /// Check each message against the protocol and log deviations.
         public var validate = false
+        /// Bytes kept of each packet (pseudo-header included), at most `Pcapng.maxSnapLength`.
         public var snapLength = Pcapng.defaultSnapLength
         public init() {}
     }
@@ -52,7 +53,9 @@ public final class ConnectionRecorder: Sendable {
     public func record(_ direction: CaptureDirection, message: [UInt8], originalLength: Int? = nil,
                        fds: [CapturedFD] = [], flags: CaptureRecord.Flags = [], validate: Bool = true) -> [Deviation] {
         let length = originalLength ?? message.count
-        let snap = parent.settings.snapLength
+        // The snap length counts the whole packet, pseudo-header included.
+        let snap = max(parent.settings.snapLength - CaptureRecord.fixedHeaderSize - CaptureRecord.fdEntrySize * fds.count,
+                       MessageHeader.size)
         var kept = message
         var recordFlags = flags
         if kept.count > snap {

@@ -31,7 +31,7 @@ struct ProxyCommand: ParsableCommand {
     @Option(help: "Write a pcapng capture of every message to this file.")
     var pcap: String?
 
-    @Option(help: "Bytes of each message kept in the capture.")
+    @Option(help: "Bytes kept of each packet (at most 262144, what Wireshark reads).")
     var snapLength = Pcapng.defaultSnapLength
 
     @Flag(name: .customLong("validate"), help: "Check both directions against the protocol and log each deviation.")
@@ -41,7 +41,9 @@ struct ProxyCommand: ParsableCommand {
     var logLevel: LogLevelOption = .info
 
     func validate() throws {
-        guard snapLength >= 16 else { throw ValidationError("--snap-length must be at least 16") }
+        guard (64...Pcapng.maxSnapLength).contains(snapLength) else {
+            throw ValidationError("--snap-length must be 64...\(Pcapng.maxSnapLength)")
+        }
     }
 
     func run() throws {
