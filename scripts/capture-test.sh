@@ -11,7 +11,7 @@ VFU=${VFU:-.build/debug/vfu}
 command -v tshark >/dev/null || { echo "FAIL capture-test: tshark not installed"; exit 1; }
 W=$(mktemp -d /tmp/vfu-capture.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
+cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$W"; }
 trap cleanup EXIT
 wait_socket() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "FAIL no socket $1"; exit 1; }
 
