@@ -7,5 +7,5 @@ struct VFU: ParsableCommand {
         abstract: "A vfio-user device server, client and test tool.",
         subcommands: [ServeCommand.self, InspectCommand.self, VariantsCommand.self, BenchCommand.self,
                       CheckSpecCommand.self, ConformCommand.self, BenchEchoCommand.self, MigrateCommand.self,
-                      ProxyCommand.self])
+                      ProxyCommand.self, ReplayCommand.self])
 }
