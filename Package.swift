@@ -101,7 +101,8 @@ let package = Package(
         .testTarget(name: "PCICoreIntegrationTests", dependencies: ["PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "ExampleTemperatureSensor", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VFIOUserServerTests",
-            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim", "TestSupport"],
+            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim", "TestSupport",
+                           "VFIOUserProxy", "VFIOUserCapture"],
             swiftSettings: strict),
         .testTarget(
             name: "VFIOUserConformanceTests",
@@ -111,11 +112,6 @@ let package = Package(
         .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "CXXHash", "MigrationStream", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VFIOUserClientTests", dependencies: ["VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VFIOUserCaptureTests", dependencies: ["VFIOUserCapture", "VFIOUserProtocol", "TestSupport"], swiftSettings: strict),
-        .testTarget(
-            name: "VFIOUserProxyTests",
-            dependencies: ["VFIOUserProxy", "VFIOUserCapture", "VFIOUserServer", "VFIOUserClient", "VariantDevices", "DeviceSpecs",
-                           "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim", "TestSupport"],
-            swiftSettings: strict),
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",

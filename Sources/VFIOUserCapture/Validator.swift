@@ -74,6 +74,9 @@ public struct ProtocolValidator: Sendable {
                                        report: (ValidationRule, String, String?) -> Void) {
         func fail(_ r: ValidationRule, _ d: String) { report(r, d, nil) }
         let c = h.command
+        if let waiting = outstanding[direction]![h.messageID] {
+            fail(.idInUse, "#\(h.messageID) still waits for the reply to \(waiting.command)")
+        }
         guard (1...18).contains(c.rawValue), c != .dirtyPages else {
             fail(.unknownCommand, "command \(c.rawValue)")
             remember(h, direction, Outstanding(command: c, noReply: h.noReply))

@@ -7,8 +7,8 @@ import VFIOUserTransport
 /// A transparent vfio-user proxy: every client that connects to the listening socket
 /// gets its own connection to the upstream server, and every byte and fd goes through
 /// unchanged and in order, in both directions, including server-to-client requests
-/// and NO_REPLY messages. One OS thread per direction; when either side closes, both
-/// are closed.
+/// and NO_REPLY messages. One OS thread per direction; when either side closes, the
+/// other sees it close too, and both are closed.
 public final class VFIOUserProxy: Sendable {
     public let upstreamPath: String
     public let recorder: MessageRecorder
@@ -74,6 +74,10 @@ public final class VFIOUserProxy: Sendable {
 }
 
 /// One proxied connection: two pumps, and whichever ends last closes both sockets.
+///
+/// When one side closes, the other gets end of file after everything already sent
+/// to it (a server's last error reply is not lost); peers close on end of file, so
+/// both connections close. A failed read or send shuts both down at once.
 final class ProxySession: Sendable {
     let client: OwnedFD
     let server: OwnedFD
@@ -98,10 +102,15 @@ final class ProxySession: Sendable {
         for (from, to, direction) in [(c, s, CaptureDirection.clientToServer), (s, c, .serverToClient)] {
             spawnThread(name: "vfu-proxy-\(number)\(direction == .clientToServer ? "c" : "s")") { [self] in
                 var pump = Pump(from: from, to: to, direction: direction, recorder: recorder, logger: logger)
-                pump.run()
-                // Either side closing ends the session: wake the other direction.
-                _ = shutdown(c, Int32(SHUT_RDWR))
-                _ = shutdown(s, Int32(SHUT_RDWR))
+                switch pump.run() {
+                case .endOfStream:
+                    // Pass the end on, as the peer would have seen it: the other side reads
+                    // what is still on its way, then end of file, and closes in turn.
+                    _ = shutdown(to, Int32(SHUT_WR))
+                case .failed:
+                    _ = shutdown(c, Int32(SHUT_RDWR))
+                    _ = shutdown(s, Int32(SHUT_RDWR))
+                }
                 if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
                     client.close()
                     server.close()

@@ -31,6 +31,7 @@ struct Pump {
     /// Bytes of a message larger than the buffer, already forwarded but kept for the record.
     private var spill: [UInt8] = []
     private var spilled = 0
+    private var readFailed = false
 
     init(from: Int32, to: Int32, direction: CaptureDirection, recorder: ConnectionRecorder?, logger: Logger) {
         self.from = from
@@ -40,31 +41,34 @@ struct Pump {
         self.logger = logger
     }
 
-    /// Runs until either side fails or closes.
-    mutating func run() {
+    /// How a pump ended.
+    enum End { case endOfStream, failed }
+
+    /// Runs until the sender closes (or shuts down writing) or either side fails.
+    mutating func run() -> End {
         defer { closeFDs() }
         while true {
             // The header, however it is split.
-            guard read(upTo: MessageHeader.size) else { finishIncomplete(); return }
+            guard read(upTo: MessageHeader.size) else { return finishIncomplete() }
             let size = Int(buffer.le32(at: 4))
-            guard size >= MessageHeader.size else { forwardRaw(); return }
+            guard size >= MessageHeader.size else { return forwardRaw() }
             var remaining = size - MessageHeader.size
             while remaining > 0 {
                 if fill == buffer.count {
-                    guard flushSegment() else { return }
+                    guard flushSegment() else { return .failed }
                 }
                 let want = min(buffer.count - fill, remaining)
                 let before = fill
-                guard read(upTo: fill + want, partial: true) else { finishIncomplete(); return }
+                guard read(upTo: fill + want, partial: true) else { return finishIncomplete() }
                 remaining -= fill - before
             }
             record(originalLength: size, flags: [])
-            guard send() else { return }
+            guard send() else { return .failed }
         }
     }
 
     /// Reads until `fill == target` (or, with `partial`, until one read returned data).
-    /// False at end of stream or on error.
+    /// False at end of stream or on error (`readFailed` tells which).
     private mutating func read(upTo target: Int, partial: Bool = false) -> Bool {
         var got = [Int32](repeating: -1, count: Self.maxFDs)
         while fill < target {
@@ -80,6 +84,7 @@ struct Pump {
                 if recorder != nil { fdInfo += arrived.map(inspectFD) }
             }
             if ctrunc != 0 { logger.warning("\(direction): the kernel dropped fds (MSG_CTRUNC)") }
+            if n < 0 { readFailed = true }
             if n <= 0 { return false }
             fill += n
             if partial { return true }
@@ -115,21 +120,22 @@ struct Pump {
         recorder.record(direction, message: message, originalLength: originalLength, fds: fdInfo, flags: flags)
     }
 
-    /// The stream ended inside a message: pass on what there is, then stop.
-    private mutating func finishIncomplete() {
-        guard fill > 0 || spilled > 0 else { return }
-        let length = spilled + fill
-        record(originalLength: length, flags: .incomplete)
-        _ = send()
+    /// The stream ended (inside a message or between two): pass on what there is, then stop.
+    private mutating func finishIncomplete() -> End {
+        if fill > 0 || spilled > 0 {
+            record(originalLength: spilled + fill, flags: .incomplete)
+            guard send() else { return .failed }
+        }
+        return readFailed ? .failed : .endOfStream
     }
 
     /// msg_size < 16: nobody can frame this stream any more. Forward bytes as they come,
     /// exactly as before, so the peer fails the way it would without us.
-    private mutating func forwardRaw() {
+    private mutating func forwardRaw() -> End {
         while true {
             record(originalLength: fill, flags: .raw)
-            guard send() else { return }
-            guard read(upTo: buffer.count, partial: true) else { return }
+            guard send() else { return .failed }
+            guard read(upTo: buffer.count, partial: true) else { return readFailed ? .failed : .endOfStream }
         }
     }
 
