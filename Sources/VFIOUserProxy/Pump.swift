@@ -24,6 +24,8 @@ struct Pump {
     let logger: Logger
 
     private var buffer = [UInt8](repeating: 0, count: Pump.bufferSize)
+    /// Where recvmsg puts the fds it brings (allocated once: this is the hot path).
+    private var received = [Int32](repeating: -1, count: Pump.maxFDs)
     private var fill = 0
     /// fds received for the current message and not yet sent on.
     private var fds: [Int32] = []
@@ -70,16 +72,15 @@ struct Pump {
     /// Reads until `fill == target` (or, with `partial`, until one read returned data).
     /// False at end of stream or on error (`readFailed` tells which).
     private mutating func read(upTo target: Int, partial: Bool = false) -> Bool {
-        var got = [Int32](repeating: -1, count: Self.maxFDs)
         while fill < target {
             var nfds: Int32 = 0, ctrunc: Int32 = 0
             let n = buffer.withUnsafeMutableBytes { b in
-                got.withUnsafeMutableBufferPointer { g in
+                received.withUnsafeMutableBufferPointer { g in
                     vfu_recv_some(from, b.baseAddress! + fill, target - fill, g.baseAddress, Int32(Self.maxFDs), &nfds, &ctrunc)
                 }
             }
             if nfds > 0 {
-                let arrived = Array(got[0..<Int(nfds)])
+                let arrived = Array(received[0..<Int(nfds)])
                 fds += arrived
                 if recorder != nil { fdInfo += arrived.map(inspectFD) }
             }
@@ -141,6 +142,6 @@ struct Pump {
 
     private mutating func closeFDs() {
         for f in fds { _ = Glibc.close(f) }
-        fds.removeAll()
+        fds.removeAll(keepingCapacity: true)
     }
 }
