@@ -34,8 +34,18 @@ if "$VFU" migrate --from "$W/p.sock" --to-file "$W/state.bin" --relay --keep-run
 else
   echo "FAIL migration through the proxy"; FAILED=1
 fi
+# Region capability chains (SPARSE_MMAP, TYPE, NVLINK2_SSATGT) come from the NVLink2 variant.
+"$VFU" serve specs/nvlink2.json --socket "$W/nv.sock" --log-level error & PIDS+=($!)
+wait_socket "$W/nv.sock"
+"$VFU" proxy --listen "$W/pn.sock" --connect "$W/nv.sock" --pcap "$W/nvlink2.pcapng" --log-level error & PIDS+=($!)
+wait_socket "$W/pn.sock"
+"$VFU" inspect --socket "$W/pn.sock" >/dev/null || { echo "FAIL inspect through the proxy"; FAILED=1; }
 for p in "${PIDS[@]}"; do kill -TERM "$p"; done
 wait; PIDS=()
+python3 scripts/capture_check.py "$W/nvlink2.pcapng" \
+  --expect 'vfio-user.cap.region_id == 1 && vfio-user.cap.sparse.nr_areas >= 1 && vfio-user.cap.sparse.size > 0' \
+  --expect 'vfio-user.cap.region_id == 2 && vfio-user.cap.type.type == 0x800010de' \
+  --expect 'vfio-user.cap.nvlink2.tgt' --expect 'vfio-user.region_info.flags.caps' || FAILED=1
 
 # conform sends malformed messages on purpose: those frames must be marked, and
 # nothing else (a Lua error is a dissector bug either way).

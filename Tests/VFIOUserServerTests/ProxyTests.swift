@@ -256,3 +256,74 @@ import VFIOUserTransport
         #expect(diff.differences.contains { $0.contains("DEVICE_GET_REGION_INFO") || $0.contains("DEVICE_GET_IRQ_INFO") }, "\(diff.differences)")
     }
 }
+
+/// The dissector on what only a client library sends: device-info capabilities,
+/// dirty-page logging, REGION_WRITE_MULTI. tshark decodes a capture of them
+/// (scripts/capture_check.py); skipped where tshark is not installed (CI installs it).
+@Suite struct DissectorTests {
+    static let tshark = access("/usr/bin/tshark", X_OK) == 0
+
+    @Test(.enabled(if: tshark)) func tsharkDecodesDeviceInfoCapsDirtyLoggingAndWriteMulti() throws {
+        let zpci = try InProcessServer(spec: "zpci.json", tag: "dzpci")
+        defer { zpci.stop() }
+        let p1 = try InProcessProxy(upstream: zpci.path, tag: "dzpci")
+        defer { p1.stop() }
+        var caps = VFIOUserClient.defaultCapabilities
+        caps.extensions = ["device-info-caps": "1"]
+        caps.writeMultiple = true
+        let c1 = try makeClient(p1.path, capabilities: caps)
+        let info = try c1.deviceInfoWithCapabilities()
+        #expect(!info.capabilities.isEmpty)
+        c1.close()
+        #expect(p1.settle())
+        #expect(try check(p1.capturePath, [
+            "vfio-user.command == 4 && vfio-user.device_info.cap_offset == 24",
+            "vfio-user.cap.device_id == 1", "vfio-user.cap.device_id == 2",
+        ]))
+
+        let vf = try InProcessServer(spec: "migratable-vf.json", tag: "dvf")
+        defer { vf.stop() }
+        let p2 = try InProcessProxy(upstream: vf.path, tag: "dvf")
+        defer { p2.stop() }
+        let c2 = try makeClient(p2.path, capabilities: caps)
+        let mem = try ClientMemory(size: 1 << 20)
+        try c2.dmaMap(mem, address: 0x1_0000_0000)
+        try c2.startDirtyLogging(pageSize: 4096, ranges: [DMALoggingRange(iova: 0x1_0000_0000, length: 1 << 20)])
+        _ = try c2.dirtyBitmap(iova: 0x1_0000_0000, length: 1 << 20, pageSize: 4096)
+        try c2.stopDirtyLogging()
+        try c2.post(.regionWriteMulti, payload: WriteMulti(entries: [
+            WriteMultiEntry(offset: 0x08, region: 0, count: 4, data: 0x1234),
+            WriteMultiEntry(offset: 0x0c, region: 0, count: 4, data: 0x5678),
+        ]).encoded)
+        _ = try c2.deviceInfo()
+        c2.close()
+        #expect(p2.settle())
+        #expect(try check(p2.capturePath, [
+            "vfio-user.feature.index == 6 && vfio-user.logging.num_ranges == 1 && vfio-user.logging.length == 0x100000",
+            "vfio-user.feature.index == 8 && vfio-user.flags.type == 1 && vfio-user.logging.bitmap",
+            "vfio-user.feature.index == 7",
+            "vfio-user.command == 15 && vfio-user.write_multi.count == 2 && vfio-user.write_multi.data == 0x5678",
+        ]))
+    }
+
+    /// Runs scripts/capture_check.py with `expect` filters; true when it passed.
+    private func check(_ capture: String, _ expect: [String]) throws -> Bool {
+        let out = capture + ".check"
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&fa, 1, 2)
+        let args = ["python3", repositoryRoot + "/scripts/capture_check.py", capture] + expect.flatMap { ["--expect", $0] }
+        let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        var pid: pid_t = 0
+        let rc = posix_spawnp(&pid, "python3", &fa, nil, argv, environ)
+        guard rc == 0 else { throw TestFailure("cannot run python3: \(rc)") }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        let ok = (status & 0x7f) == 0 && (status >> 8) & 0xff == 0
+        if !ok { Issue.record("capture_check failed:\n\(readWholeFile(out))") }
+        return ok
+    }
+}

@@ -482,7 +482,7 @@ decode[15] = function(c)  -- REGION_WRITE_MULTI
     return
   end
   c:add(F["write_multi.count"], P, 8)
-  local n = c.tvb(P, 8):le_uint()  -- low 32 bits: at most 200 in practice
+  local n = c:u32(P)  -- the low 32 bits of the u64: QEMU sends at most 200
   c:info("writes=" .. n)
   if c.msg_size ~= P + 8 + 24 * n and not c.truncated then
     c.tree:add_proto_expert_info(E.malformed, string.format("%d writes need %d bytes, message has %d", n, P + 8 + 24 * n, c.msg_size))
@@ -616,6 +616,8 @@ function vfu.dissector(tvb, pinfo, tree)
   if hlen > tvb:len() then root:add_proto_expert_info(E.malformed, "capture header longer than the packet"); return end
   local m = tvb(hlen):tvb()
   local arrow = arrows[dir] or "?"
+  pinfo.cols.src = dir == 0 and "client" or "server"
+  pinfo.cols.dst = dir == 0 and "server" or "client"
   if cflags % 2 == 1 then  -- raw bytes: no framing
     root:add_proto_expert_info(E.raw)
     root:add(F["payload"], m())
