@@ -208,7 +208,10 @@ for RAM in $RAM_MODES; do
       RAM_EXPECT=(--expect 'vfio-user.command == 2 && vfio-user.capture.fds == 1 && vfio-user.capture.fd.kind == 1 && vfio-user.dma.address == 0')
     else  # no fd: the server reaches guest RAM with DMA messages, in QEMU's layout
       RAM_EXPECT=(--expect 'vfio-user.command == 2 && vfio-user.capture.fds == 0'
-                  --expect 'vfio-user.command == 12 && vfio-user.flags.type == 0 && vfio-user.data')
+                  --expect 'vfio-user.command == 12 && vfio-user.flags.type == 0 && vfio-user.data'
+                  # QEMU 11.1.3 answers in the spec's layout (docs/debugging.md).
+                  --expect 'vfio-user.command == 11 && vfio-user.flags.type == 1 && vfio-user.dma.count == 4096'
+                  --none 'vfio-user.qemu_dma_layout')
     fi
     # What QEMU 11.1 always does (qemu-client.md): the capture must decode cleanly and show it.
     "$PY" "$SCRIPT_DIR/capture_check.py" "$LOG_DIR/$NAME.pcapng" --min-frames 50 \
@@ -221,6 +224,9 @@ for RAM in $RAM_MODES; do
       --expect 'vfio-user.command == 10 && vfio-user.flags.no_reply' \
       --none 'vfio-user.reply_to_no_reply' >"$CLOG.capture" 2>&1 || true
     sed 's/^\(PASS\|FAIL\) /\1 spec='"$NAME"' check=capture: /' "$CLOG.capture" >>"$CLOG"
+    DEV=$(grep -c 'deviation:' "$LOG_DIR/$NAME.proxy.log" || true)
+    if [ "$DEV" = 0 ]; then echo "PASS spec=$NAME check=validate: QEMU shows no protocol deviation" >>"$CLOG"
+    else echo "FAIL spec=$NAME check=validate: expected no deviation got $DEV (see $LOG_DIR/$NAME.proxy.log)" >>"$CLOG"; fi
   fi
   cat "$CLOG"
   count "$CLOG"

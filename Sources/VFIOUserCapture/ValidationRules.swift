@@ -46,8 +46,8 @@ extension ValidationRule {
     public static let ioFDsRequest = r("io-fds.request", "GET_REGION_IO_FDS requests have flags 0 and count 0", "§3.5")
     public static let writeMulti = r("write-multi", "REGION_WRITE_MULTI only after write_multiple was agreed, with 1...8-byte entries", "§3.11")
     public static let featureFlags = r("feature.flags", "DEVICE_FEATURE sets GET or SET, both only with PROBE", "§3.12")
-    /// Known: QEMU 11.1 puts DMA data at message offset 28 (u32 count) and answers
-    /// DMA_WRITE with a header-only reply.
+    /// Known: QEMU 10.1 puts DMA data at message offset 28 (u32 count) and answers
+    /// DMA_WRITE with a header-only reply (QEMU 11.1.3 follows the spec: docs/debugging.md).
     public static let dmaLayout = r("dma.layout", "DMA_READ/DMA_WRITE carry address u64, count u64, then the data at offset 32; the DMA_WRITE reply echoes address and count", "§3.9")
 
     /// Every rule, for documentation and `--validate` listings.
@@ -66,7 +66,7 @@ public struct Deviation: Hashable, Sendable, CustomStringConvertible {
     /// The message, as `--trace` shows it.
     public var message: String
     public var detail: String
-    /// Set when this is a deviation a known peer always makes (e.g. "QEMU 11.1").
+    /// Set when this is a deviation a known peer always makes (e.g. "QEMU 10.1").
     public var knownFrom: String?
 
     public var description: String {

@@ -289,11 +289,11 @@ public struct ProtocolValidator: Sendable {
             let asked = req.count ?? 0
             size(p.count >= 16 && UInt64(p.count - 16) == asked, "expected 16 + count \(asked)")
             if p.count >= 16 && u64(8) != asked && UInt64(u32(8)) == asked {
-                fail(.dmaLayout, "count is a u32 at offset 24 and the data starts at offset 28", known: "QEMU 11.1")
+                fail(.dmaLayout, "count is a u32 at offset 24 and the data starts at offset 28", known: "QEMU 10.1")
             }
             noFDs()
         case .dmaWrite:
-            if p.isEmpty { fail(.dmaLayout, "header-only DMA_WRITE reply", known: "QEMU 11.1") }
+            if p.isEmpty { fail(.dmaLayout, "header-only DMA_WRITE reply", known: "QEMU 10.1") }
             else { size(p.count == 16, "expected 16") }
             noFDs()
         case .regionWriteMulti:

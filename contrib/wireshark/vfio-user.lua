@@ -52,7 +52,7 @@ local features = { [0] = "PCI_VF_TOKEN", [1] = "MIGRATION", [2] = "MIG_DEVICE_ST
 local mig_states = { [0] = "ERROR", [1] = "STOP", [2] = "RUNNING", [3] = "STOP_COPY", [4] = "RESUMING",
   [5] = "RUNNING_P2P", [6] = "PRE_COPY", [7] = "PRE_COPY_P2P" }
 local io_fd_types = { [0] = "IOEVENTFD", [1] = "IOREGIONFD", [2] = "IOEVENTFD_SHADOW" }
-local dma_layouts = { [0] = "spec (data at offset 32)", [1] = "QEMU (count u32, data at offset 28)" }
+local dma_layouts = { [0] = "spec (data at offset 32)", [1] = "QEMU 10.1 (count u32, data at offset 28)" }
 
 -- ---------------------------------------------------------------- fields
 local F = {}
@@ -197,7 +197,7 @@ local E = {
   error_reply = ProtoExpert.new("vfio-user.error_reply", "Error reply", expert.group.RESPONSE_CODE, expert.severity.NOTE),
   unpaired = ProtoExpert.new("vfio-user.unpaired", "Reply without a request", expert.group.SEQUENCE, expert.severity.WARN),
   noreply = ProtoExpert.new("vfio-user.reply_to_no_reply", "Reply to a NO_REPLY request", expert.group.SEQUENCE, expert.severity.WARN),
-  qemu_dma = ProtoExpert.new("vfio-user.qemu_dma_layout", "QEMU DMA layout: data at offset 28", expert.group.PROTOCOL, expert.severity.NOTE),
+  qemu_dma = ProtoExpert.new("vfio-user.qemu_dma_layout", "QEMU 10.1 DMA layout: data at offset 28", expert.group.PROTOCOL, expert.severity.NOTE),
   truncated = ProtoExpert.new("vfio-user.truncated", "Captured only in part (snap length)", expert.group.UNDECODED, expert.severity.NOTE),
   raw = ProtoExpert.new("vfio-user.raw", "Unframed bytes: the stream lost its framing", expert.group.MALFORMED, expert.severity.WARN),
 }
@@ -456,8 +456,8 @@ local function dma_access(c)
   if not c:need(P, 16, "DMA access") then return end
   c:add(F["dma.address"], P, 8)
   local has_data = (c.cmd == 11 and c.reply) or (c.cmd == 12 and not c.reply)
-  -- QEMU 11.1 sends {u64 address; u32 count; data} with data at offset 28: the u64
-  -- count then holds data bytes in its high half (docs/debugging.md).
+  -- QEMU 10.1 sends {u64 address; u32 count; data} with data at offset 28: the u64
+  -- count then holds data bytes in its high half (docs/debugging.md; 11.1.3 follows the spec).
   local hi = c:u32(P + 12)
   if has_data and hi ~= 0 and c:u32(P + 8) == c.msg_size - 32 then
     c:add(F["access.count"], P + 8, 4)
