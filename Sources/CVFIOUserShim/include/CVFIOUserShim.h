@@ -37,9 +37,10 @@ ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, i
                        int *extra_fds, int *ctrunc);
 
 /// One recvmsg(2) of at most len bytes with MSG_CMSG_CLOEXEC (retried on EINTR), for
-/// byte-exact forwarding: returns what arrived (0 at EOF) or -1 with errno. SCM_RIGHTS
-/// fds ride on the first byte returned; up to max_fds (253 = SCM_MAX_FD fit) are stored
-/// in fds, the rest closed. *ctrunc is set on MSG_CTRUNC (the stored fds stay open).
+/// byte-exact forwarding: returns what arrived (0 at EOF) or -1 with errno. The
+/// SCM_RIGHTS fds that came with those bytes (up to max_fds; 253 = SCM_MAX_FD fit) are
+/// stored in fds, the rest closed; callers that must know which message they belong to
+/// read no further than one message. *ctrunc is set on MSG_CTRUNC (stored fds stay open).
 ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc);
 
 /// recv exactly len bytes without ancillary data. Returns bytes read (< len at EOF) or -1.
