@@ -74,5 +74,9 @@ if grep -q 'deviation' "$W/proxy.log"; then
 else
   echo "FAIL --validate reported no deviation for conform's malformed input"; FAILED=1
 fi
+# Seeded random and broken messages: the dissector marks them and never breaks.
+python3 scripts/dissector_fuzz.py "$W/fuzz.pcapng" --seed 13 --count 3000
+python3 scripts/capture_check.py "$W/fuzz.pcapng" --allow-malformed --allow-unpaired \
+  --expect 'vfio-user.malformed' --expect 'vfio-user.raw' --expect 'vfio-user.write_multi.count' || FAILED=1
 [ "$FAILED" = 0 ] && echo "capture-test: all passed" || echo "capture-test: FAILED"
 exit "$FAILED"

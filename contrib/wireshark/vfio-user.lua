@@ -312,7 +312,12 @@ decode[1] = function(c)  -- VERSION
   c:info(string.format("v%d.%d", c:u16(P), c:u16(P + 2)))
   if c.len > P + 4 then
     local r = c.tvb(P + 4, c.len - P - 4)
-    local json = r:stringz()
+    local raw = r:raw()
+    local nul = raw:find("\0", 1, true)
+    if not nul and not c.truncated then
+      c.tree:add_proto_expert_info(E.malformed, "VERSION JSON is not NUL-terminated")
+    end
+    local json = nul and raw:sub(1, nul - 1) or raw
     local jt = c.tree:add(F["version.json"], r, json)
     local function num(key, f)
       local v = json:match('"' .. key .. '"%s*:%s*(%d+)')
@@ -598,9 +603,13 @@ end
 
 -- ---------------------------------------------------------------- dissector
 function vfu.dissector(tvb, pinfo, tree)
-  if tvb:len() < 12 then return 0 end
   pinfo.cols.protocol = "vfio-user"
   local root = tree:add(vfu, tvb())
+  if tvb:len() < 12 then
+    root:add_proto_expert_info(E.malformed, "packet shorter than the 12-byte capture header")
+    pinfo.cols.info = "truncated capture header"
+    return tvb:len()
+  end
   local hlen = tvb(2, 2):le_uint()
   local dir, conn, nfds, cflags = tvb(1, 1):uint(), tvb(4, 4):le_uint(), tvb(8, 2):le_uint(), tvb(10, 2):le_uint()
   local ct = root:add(tvb(0, math.min(hlen, tvb:len())), string.format("Capture: %s, connection %d, %d fds",
