@@ -170,6 +170,45 @@ import VFIOUserTransport
         #expect(Set(records.map(\.connection)).count >= 1020)
     }
 
+    @Test func aClientOfAProxyWithoutServerSeesItClose() throws {
+        let dir = makeTempDir("pxnone")
+        defer { removeTempDir(dir) }
+        let p = try InProcessProxy(upstream: dir + "/nobody.sock", tag: "pxnone")
+        defer { p.stop() }
+        for _ in 0..<3 {
+            let peer = try RawPeer(path: p.path)
+            // The proxy may already have closed us: a failed send is the same answer.
+            try? peer.sendRaw(Self.message(1, 1, VersionPayload(capabilities: VFIOUserClient.defaultCapabilities).encoded))
+            #expect(peer.receive().isClosed, "as if no server were listening")
+            peer.close()
+        }
+        #expect(p.proxy.sessionCounts.total == 0)
+    }
+
+    @Test func largeMessagesKeepTheProxysMemoryBounded() throws {
+        let served = try ServedDevice(tag: "pxmem")
+        defer { served.stop() }
+        let listen = served.dir + "/p.sock"
+        let proxy = try VFUProcess(arguments: ["proxy", "--listen", listen, "--connect", served.path, "--log-level", "error",
+                                               "--pcap", "/dev/null", "--validate"],
+                                   stderrPath: served.dir + "/proxy.err")
+        defer { proxy.kill() }
+        let c = try makeClient(listen)
+        defer { c.close() }
+        try c.writeConfig16(0x04, Cmd.memory)
+        func rss() -> Int {
+            let status = readWholeFile("/proc/\(proxy.pid)/status")
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? -1
+        }
+        // BAR2 is 1 MiB of RAM: each read is a 1 MiB reply, four times the proxy's buffer.
+        for _ in 0..<10 { #expect(try c.read(region: 2, offset: 0, count: 1 << 20).count == 1 << 20) }
+        let before = rss()
+        for _ in 0..<300 { _ = try c.read(region: 2, offset: 0, count: 1 << 20) }
+        let after = rss()
+        #expect(before > 0 && after - before < 8 << 10, "RSS \(before) KiB -> \(after) KiB after 300 MiB through the proxy")
+    }
+
     @Test func serveAndProxyCaptureTheSameMessages() throws {
         let dir = makeTempDir("pxsame")
         defer { removeTempDir(dir) }
