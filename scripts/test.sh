@@ -38,5 +38,5 @@ echo "== QEMU end-to-end"
 scripts/qemu-setup.sh
 scripts/qemu-e2e.sh
 echo "== QEMU end-to-end through vfu proxy (capture decoded by tshark)"
-# Both guest-RAM configurations: memfds on DMA_MAP, and DMA by messages in QEMU's layout.
-VFU_PROXY=1 TWO_VMMS=0 LOG_DIR=/tmp/vfu-e2e-proxy-logs scripts/qemu-e2e.sh specs/default.json
+# Both guest-RAM configurations: memfds on DMA_MAP, and DMA by messages.
+VFU_PROXY=1 TWO_VMMS=0 TWO_DEVICES=0 LOG_DIR=/tmp/vfu-e2e-proxy-logs scripts/qemu-e2e.sh specs/default.json
