@@ -117,7 +117,7 @@ ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, i
     return (ssize_t)got;
 }
 
-ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc) {
+ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc, int nonblocking) {
     union {
         char buf[CMSG_SPACE(sizeof(int) * VFU_MAX_CMSG_FDS)];
         struct cmsghdr align;
@@ -131,7 +131,7 @@ ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, in
     msg.msg_control = control.buf;
     msg.msg_controllen = sizeof control.buf;
     ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0)); } while (n < 0 && errno == EINTR);
     if (n < 0) return -1;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;

@@ -60,8 +60,15 @@ struct Pump {
                     guard flushSegment() else { return .failed }
                 }
                 let want = min(buffer.count - fill, remaining)
-                let before = fill
-                guard read(upTo: fill + want, partial: true) else { return finishIncomplete() }
+                // Usually the rest is already here (senders write a message at once). If it
+                // is not, pass on what we have before waiting: the peer may judge the header
+                // alone (a msg_size it refuses) or wait for it before sending more.
+                var before = fill
+                if !readNow(upTo: fill + want) {
+                    if fill > 0 { guard flushSegment() else { return .failed } }
+                    before = fill
+                    guard read(upTo: fill + min(buffer.count - fill, remaining), partial: true) else { return finishIncomplete() }
+                }
                 remaining -= fill - before
             }
             record(originalLength: size, flags: [])
@@ -76,21 +83,41 @@ struct Pump {
             var nfds: Int32 = 0, ctrunc: Int32 = 0
             let n = buffer.withUnsafeMutableBytes { b in
                 received.withUnsafeMutableBufferPointer { g in
-                    vfu_recv_some(from, b.baseAddress! + fill, target - fill, g.baseAddress, Int32(Self.maxFDs), &nfds, &ctrunc)
+                    vfu_recv_some(from, b.baseAddress! + fill, target - fill, g.baseAddress, Int32(Self.maxFDs), &nfds, &ctrunc, 0)
                 }
             }
-            if nfds > 0 {
-                let arrived = Array(received[0..<Int(nfds)])
-                fds += arrived
-                if recorder != nil { fdInfo += arrived.map(inspectFD) }
-            }
-            if ctrunc != 0 { logger.warning("\(direction): the kernel dropped fds (MSG_CTRUNC)") }
+            takeFDs(Int(nfds), ctrunc: ctrunc)
             if n < 0 { readFailed = true }
             if n <= 0 { return false }
             fill += n
             if partial { return true }
         }
         return true
+    }
+
+    /// One read that does not wait; false when nothing was there (nothing changed then).
+    private mutating func readNow(upTo target: Int) -> Bool {
+        var nfds: Int32 = 0, ctrunc: Int32 = 0
+        let n = buffer.withUnsafeMutableBytes { b in
+            received.withUnsafeMutableBufferPointer { g in
+                vfu_recv_some(from, b.baseAddress! + fill, target - fill, g.baseAddress, Int32(Self.maxFDs), &nfds, &ctrunc, 1)
+            }
+        }
+        let e = errno
+        takeFDs(Int(nfds), ctrunc: ctrunc)
+        if n > 0 { fill += n; return true }
+        if n < 0 && (e == EAGAIN || e == EWOULDBLOCK) { return false }
+        // End of stream or an error: the blocking read that follows reports it.
+        return false
+    }
+
+    private mutating func takeFDs(_ n: Int, ctrunc: Int32) {
+        if n > 0 {
+            let arrived = Array(received[0..<n])
+            fds += arrived
+            if recorder != nil { fdInfo += arrived.map(inspectFD) }
+        }
+        if ctrunc != 0 { logger.warning("\(direction): the kernel dropped fds (MSG_CTRUNC)") }
     }
 
     /// Sends the buffer on (with any pending fds) and empties it.

@@ -41,7 +41,8 @@ ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, i
 /// SCM_RIGHTS fds that came with those bytes (up to max_fds; 253 = SCM_MAX_FD fit) are
 /// stored in fds, the rest closed; callers that must know which message they belong to
 /// read no further than one message. *ctrunc is set on MSG_CTRUNC (stored fds stay open).
-ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc);
+/// With nonblocking set it does not wait (MSG_DONTWAIT): -1 with EAGAIN when nothing is there.
+ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc, int nonblocking);
 
 /// recv exactly len bytes without ancillary data. Returns bytes read (< len at EOF) or -1.
 ssize_t vfu_read_exact(int sock, void *buf, size_t len);
