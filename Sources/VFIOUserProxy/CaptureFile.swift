@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 import VFIOUserCapture
 import VFIOUserTransport
 
@@ -10,7 +9,7 @@ import VFIOUserTransport
 public final class CaptureFile: Sendable {
     public let path: String
     public let snapLength: Int
-    private let fd: Mutex<Int32>
+    private let fd: Locked<Int32>
 
     /// Creates (or truncates) `path` and writes the section and interface headers.
     public init(path: String, snapLength: Int = Pcapng.defaultSnapLength) throws(TransportError) {
@@ -18,7 +17,7 @@ public final class CaptureFile: Sendable {
         guard f >= 0 else { throw .system("open \(path)", errno) }
         self.path = path
         self.snapLength = snapLength
-        fd = Mutex(f)
+        fd = Locked(f)
         guard Self.writeAll(f, Pcapng.fileHeader(snapLength: snapLength)) else {
             let e = errno
             close()

@@ -1,7 +1,7 @@
 import Logging
-import Synchronization
 import VFIOUserCapture
 import VFIOUserProtocol
+import VFIOUserTransport
 
 /// What happens to every message a proxy forwards or a server moves: a trace line,
 /// a capture record, protocol validation. One per process; `connection(_:)` gives
@@ -37,7 +37,7 @@ public final class MessageRecorder: Sendable {
 public final class ConnectionRecorder: Sendable {
     public let number: UInt32
     let parent: MessageRecorder
-    private let validator = Mutex(ProtocolValidator())
+    private let validator = Locked(ProtocolValidator())
     private let logger: Logger
 
     init(number: UInt32, parent: MessageRecorder) {

@@ -1,6 +1,5 @@
 import Glibc
 import Logging
-import Synchronization
 import VFIOUserCapture
 import VFIOUserTransport
 
@@ -13,7 +12,7 @@ public final class VFIOUserProxy: Sendable {
     public let upstreamPath: String
     public let recorder: MessageRecorder
     private let logger: Logger
-    private let state = Mutex<(listener: UnixListener?, stopped: Bool, sessions: Int, active: Int)>((nil, false, 0, 0))
+    private let state = Locked<(listener: UnixListener?, stopped: Bool, sessions: Int, active: Int)>((nil, false, 0, 0))
 
     public init(upstreamPath: String, recorder: MessageRecorder, logger: Logger) {
         self.upstreamPath = upstreamPath
@@ -84,7 +83,7 @@ final class ProxySession: Sendable {
     let number: Int
     let recorder: ConnectionRecorder?
     let logger: Logger
-    private let running = Atomic<Int>(2)
+    private let running = Locked(2)
 
     init(client: OwnedFD, server: OwnedFD, number: Int, recorder: ConnectionRecorder?, logger: Logger) {
         self.client = client
@@ -111,7 +110,7 @@ final class ProxySession: Sendable {
                     _ = shutdown(c, Int32(SHUT_RDWR))
                     _ = shutdown(s, Int32(SHUT_RDWR))
                 }
-                if running.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+                if running.withLock({ n -> Int in n -= 1; return n }) == 0 {
                     client.close()
                     server.close()
                     logger.info("client disconnected")

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Logging
-import Synchronization
 import VFIOUserCapture
 import VFIOUserProtocol
 import VFIOUserProxy
@@ -58,7 +57,7 @@ final class RecordingObserver: MessageObserver {
     let strict: Bool
     let logger: Logger
     let connectionBase: UInt32
-    private let connections = Mutex<[Int: ConnectionRecorder]>([:])
+    private let connections = Locked<[Int: ConnectionRecorder]>([:])
 
     init(recorder: MessageRecorder, strict: Bool, logger: Logger, connectionBase: UInt32) {
         self.recorder = recorder
