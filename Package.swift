@@ -13,6 +13,8 @@
 //   VariantDevices     IGD, NVLink2, Grace, migratable VF, ...: built on PCICore's public API only
 //   VFIOUserClient     client library (the VMM side)
 //   VFIOUserConformance protocol conformance checks against any vfio-user server
+//   VFIOUserCapture    pcapng captures and the protocol validator: pure, no I/O
+//   VFIOUserProxy      the transparent proxy, capture files, message recording, replay
 //   vfu                the command-line tool
 import PackageDescription
 
@@ -71,11 +73,18 @@ let package = Package(
             name: "VFIOUserConformance",
             dependencies: ["VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport"],
             swiftSettings: strict),
+        .target(name: "VFIOUserCapture", dependencies: ["VFIOUserProtocol"], swiftSettings: strict),
+        .target(
+            name: "VFIOUserProxy",
+            dependencies: ["CVFIOUserShim", "VFIOUserProtocol", "VFIOUserTransport", "VFIOUserCapture",
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         .executableTarget(
             name: "vfu",
             dependencies: [
                 "VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer",
                 "DeviceSpecs", "VariantDevices", "VFIOUserClient", "VFIOUserConformance",
+                "VFIOUserCapture", "VFIOUserProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -92,7 +101,8 @@ let package = Package(
         .testTarget(name: "PCICoreIntegrationTests", dependencies: ["PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "ExampleTemperatureSensor", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VFIOUserServerTests",
-            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim", "TestSupport"],
+            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim", "TestSupport",
+                           "VFIOUserProxy", "VFIOUserCapture"],
             swiftSettings: strict),
         .testTarget(
             name: "VFIOUserConformanceTests",
@@ -101,6 +111,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "CXXHash", "MigrationStream", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VFIOUserClientTests", dependencies: ["VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "VFIOUserCaptureTests", dependencies: ["VFIOUserCapture", "VFIOUserProtocol", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",

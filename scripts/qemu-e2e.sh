@@ -36,6 +36,9 @@
 #   RAM_MODES ("memfd default")  guest-RAM configurations to run every spec in
 #   TWO_VMMS (1)                 0 skips the two-QEMUs-on-one-server check
 #   TWO_DEVICES (1)              0 skips the two-devices-from-one-process check
+#   VFU_PROXY=1                 put `vfu proxy --pcap --validate` between QEMU and the
+#                               server; tshark then checks the capture (LOG_DIR/NAME.pcapng)
+#                               with scripts/capture_check.py
 set -euo pipefail
 exec </dev/null
 
@@ -79,7 +82,9 @@ fi
 
 WORK=$(mktemp -d /tmp/vfu-e2e.XXXXXX)
 SERVER_PID=""
+PROXY_PID=""
 cleanup() {
+  [ -n "$PROXY_PID" ] && kill -KILL "$PROXY_PID" 2>/dev/null || true
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     for _ in $(seq 20); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.25; done
@@ -137,6 +142,17 @@ for RAM in $RAM_MODES; do
     continue
   fi
   hpass "$NAME" server-start "pid=$SERVER_PID"
+  GUEST_SOCK=$SOCK
+  if [ "${VFU_PROXY:-0}" = 1 ]; then
+    GUEST_SOCK="$WORK/$NAME.proxy.sock"
+    rm -f "$LOG_DIR/$NAME.pcapng"
+    "$VFU" proxy --listen "$GUEST_SOCK" --connect "$SOCK" --pcap "$LOG_DIR/$NAME.pcapng" --validate \
+      >"$LOG_DIR/$NAME.proxy.log" 2>&1 &
+    PROXY_PID=$!
+    for _ in $(seq 100); do [ -S "$GUEST_SOCK" ] && break; sleep 0.05; done
+    if [ -S "$GUEST_SOCK" ]; then hpass "$NAME" proxy-start "pid=$PROXY_PID"
+    else hfail "$NAME" proxy-start "proxy listening on $GUEST_SOCK" "no socket"; fi
+  fi
 
   # 2. guest
   ARGS=$("$PY" "$SCRIPT_DIR/e2e_check.py" --cmdline "$SPEC")
@@ -145,12 +161,19 @@ for RAM in $RAM_MODES; do
   [ -n "${VFU_TRACE:-}" ] && TRACE_ENV=(VFU_TRACE="$LOG_DIR/$NAME.qemu-trace.log")
   set +e
   # shellcheck disable=SC2086
-  env "${TRACE_ENV[@]}" GUEST_RAM="$RAM" "$SCRIPT_DIR/qemu-run-guest.sh" "$SOCK" $ARGS >"$GLOG" 2>&1
+  env "${TRACE_ENV[@]}" GUEST_RAM="$RAM" "$SCRIPT_DIR/qemu-run-guest.sh" "$GUEST_SOCK" $ARGS >"$GLOG" 2>&1
   QST=$?
   set -e
   say "guest finished with QEMU status $QST after $((SECONDS - T0))s (log: $GLOG)"
 
-  # 3. stop the server
+  # 3. stop the proxy (its sessions ended with QEMU), then the server
+  if [ -n "$PROXY_PID" ]; then
+    kill -TERM "$PROXY_PID" 2>/dev/null || true
+    set +e; wait "$PROXY_PID"; pst=$?; set -e
+    case $pst in 0) hpass "$NAME" proxy-stop "SIGTERM -> status $pst" ;;
+                *) hfail "$NAME" proxy-stop "exit status 0 after SIGTERM" "status $pst" ;; esac
+    PROXY_PID=""
+  fi
   if kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     stopped=0
@@ -180,6 +203,31 @@ for RAM in $RAM_MODES; do
   # The checks name the spec; the RAM configuration is added to every line.
   "$PY" "$SCRIPT_DIR/e2e_check.py" "$SPEC" "$GLOG" "${CHECK_ARGS[@]}" 2>&1 | sed "s/ spec=$BASE / spec=$NAME /" >"$CLOG"
   set -e
+  if [ "${VFU_PROXY:-0}" = 1 ]; then
+    if [ "$RAM" = memfd ]; then  # guest RAM comes with its memfd
+      RAM_EXPECT=(--expect 'vfio-user.command == 2 && vfio-user.capture.fds == 1 && vfio-user.capture.fd.kind == 1 && vfio-user.dma.address == 0')
+    else  # no fd: the server reaches guest RAM with DMA messages, in QEMU's layout
+      RAM_EXPECT=(--expect 'vfio-user.command == 2 && vfio-user.capture.fds == 0'
+                  --expect 'vfio-user.command == 12 && vfio-user.flags.type == 0 && vfio-user.data'
+                  # QEMU 11.1.3 answers in the spec's layout (docs/debugging.md).
+                  --expect 'vfio-user.command == 11 && vfio-user.flags.type == 1 && vfio-user.dma.count == 4096'
+                  --none 'vfio-user.qemu_dma_layout')
+    fi
+    # What QEMU 11.1 always does (qemu-client.md): the capture must decode cleanly and show it.
+    "$PY" "$SCRIPT_DIR/capture_check.py" "$LOG_DIR/$NAME.pcapng" --min-frames 50 \
+      --expect 'vfio-user.command == 1 && vfio-user.flags.type == 0 && vfio-user.version.max_msg_fds == 16 && vfio-user.version.write_multiple' \
+      "${RAM_EXPECT[@]}" \
+      --expect 'vfio-user.command == 4 && vfio-user.flags.type == 1 && vfio-user.device_info.flags.pci' \
+      --expect 'vfio-user.command == 5 && vfio-user.flags.type == 1 && vfio-user.region.index == 7' \
+      --expect 'vfio-user.command == 9 && vfio-user.region.index == 7 && vfio-user.access.offset == 0 && vfio-user.access.count == 256' \
+      --expect 'vfio-user.command == 8 && vfio-user.set_irqs.data_eventfd && vfio-user.capture.fd.kind == 3' \
+      --expect 'vfio-user.command == 10 && vfio-user.flags.no_reply' \
+      --none 'vfio-user.reply_to_no_reply' >"$CLOG.capture" 2>&1 || true
+    sed 's/^\(PASS\|FAIL\) /\1 spec='"$NAME"' check=capture: /' "$CLOG.capture" >>"$CLOG"
+    DEV=$(grep -c 'deviation:' "$LOG_DIR/$NAME.proxy.log" || true)
+    if [ "$DEV" = 0 ]; then echo "PASS spec=$NAME check=validate: QEMU shows no protocol deviation" >>"$CLOG"
+    else echo "FAIL spec=$NAME check=validate: expected no deviation got $DEV (see $LOG_DIR/$NAME.proxy.log)" >>"$CLOG"; fi
+  fi
   cat "$CLOG"
   count "$CLOG"
   if [ "${E2E_VERBOSE:-0}" = 1 ] || grep -q '^FAIL ' "$CLOG"; then

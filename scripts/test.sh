@@ -27,6 +27,8 @@ grep -vE '^\[[0-9]+/[0-9]+\] |Test .* started\.$|^Test Case .* started\.$' /tmp/
 
 echo "== vfu conform against vfu serve of every spec"
 scripts/conform.sh
+echo "== captures and the Wireshark dissector"
+scripts/capture-test.sh
 
 if [ "${SKIP_QEMU:-0}" = 1 ]; then
   echo "== QEMU end-to-end skipped (SKIP_QEMU=1)"
@@ -35,3 +37,6 @@ fi
 echo "== QEMU end-to-end"
 scripts/qemu-setup.sh
 scripts/qemu-e2e.sh
+echo "== QEMU end-to-end through vfu proxy (capture decoded by tshark)"
+# Both guest-RAM configurations: memfds on DMA_MAP, and DMA by messages.
+VFU_PROXY=1 TWO_VMMS=0 TWO_DEVICES=0 LOG_DIR=/tmp/vfu-e2e-proxy-logs scripts/qemu-e2e.sh specs/default.json

@@ -83,7 +83,9 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         if !deferred.isEmpty { return deferred.removeFirst() }
         while true {
             do {
-                return try socket.receive(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs)
+                let m = try socket.receive(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs)
+                if let m { options.observer?.received(m, connection: number) }
+                return m
             } catch .framing(let h, let why) {
                 logger.warning("framing error (\(why)); closing")
                 sendError(to: h, .EINVAL)
@@ -114,6 +116,11 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
 
     private func dispatch(_ msg: ReceivedMessage) {
         let h = msg.header
+        if let refused = options.observer?.refusal(for: msg, connection: number) {
+            msg.closeFDs()
+            if !h.noReply { sendError(to: h, refused) }
+            return
+        }
         let outcome = Dispatcher.handle(msg, on: self)
         switch outcome {
         case .reply(let payload, let fds, let consumedFDs):
@@ -135,6 +142,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
 
     func send(_ header: MessageHeader, _ payload: [UInt8], fds: [Int32] = []) {
         if options.trace { logger.info("→ \(traceDescription(header: header, payload: payload))") }
+        options.observer?.sending(header, payload: payload, fds: fds, connection: number)
         do { try socket.send(header: header, payload: payload, fds: fds) } catch {
             logger.debug("send failed: \(error)")
             streamBroken = true
@@ -200,6 +208,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
                     streamBroken = true
                     return nil
                 }
+                options.observer?.received(m, connection: number)
                 if m.header.isReply { route(m) } else { deferred.append(m) }
             } catch .tooManyFDs(let h, let n, let limit) {
                 // As in the main loop: the body was consumed, so refuse it and go on.
@@ -246,6 +255,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         device.closeSession(session)
         for w in waiters.values { w.fulfil(nil) }
         socket.fd.close()
+        options.observer?.closed(connection: number)
         logger.info("client disconnected")
     }
 }

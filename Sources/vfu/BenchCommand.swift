@@ -28,7 +28,11 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
+    @Flag(help: "Measure what `vfu proxy` adds instead: 4-byte round trips and 1 MiB reads, direct and through a proxy.")
+    var proxy = false
+
     func run() throws {
+        if proxy { return try ProxyBench(socket: socket, iterations: iterations, runs: runs, json: json).run() }
         let client = try VFIOUserClient(path: socket)
         defer { client.close() }
         let request = encodeMessage(MessageHeader(messageID: 1, command: .regionRead, messageSize: 0),

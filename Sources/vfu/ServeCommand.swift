@@ -56,6 +56,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Largest data transfer accepted per message (bytes).")
     var maxDataXferSize: Int = 1 << 20
 
+    @OptionGroup var recording: ServeRecordingOptions
+
     func validate() throws {
         guard !specs.isEmpty else { throw ValidationError("give at least one spec") }
         let ways = [!socket.isEmpty, !fd.isEmpty, socketDir != nil].filter { $0 }.count
@@ -121,10 +123,18 @@ struct ServeCommand: ParsableCommand {
         var options = ServerOptions()
         options.trace = trace
         options.maxDataXferSize = maxDataXferSize
-        let servers = zip(devices, specs).map { device, spec in
+        let recorder: RecordingObserver.Shared?
+        do { recorder = try recording.shared(logger: logger) } catch {
+            printError("vfu: error: \(error)")
+            throw ExitCode(1)
+        }
+        let servers = zip(devices, specs).enumerated().map { i, pair in
+            let (device, spec) = pair
             var l = logger
             if specs.count > 1 { l[metadataKey: "dev"] = "\(Self.socketName(spec))" }
-            return VFIOUserServer(device: device, options: options, logger: l)
+            var o = options
+            o.observer = recorder?.observer(device: i)
+            return VFIOUserServer(device: device, options: o, logger: l)
         }
         let signalSet = set
         spawnThread(name: "vfu-signals") {

@@ -36,6 +36,14 @@ int vfu_send_all2(int sock, const void *a, size_t alen, const void *b, size_t bl
 ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
                        int *extra_fds, int *ctrunc);
 
+/// One recvmsg(2) of at most len bytes with MSG_CMSG_CLOEXEC (retried on EINTR), for
+/// byte-exact forwarding: returns what arrived (0 at EOF) or -1 with errno. The
+/// SCM_RIGHTS fds that came with those bytes (up to max_fds; 253 = SCM_MAX_FD fit) are
+/// stored in fds, the rest closed; callers that must know which message they belong to
+/// read no further than one message. *ctrunc is set on MSG_CTRUNC (stored fds stay open).
+/// With nonblocking set it does not wait (MSG_DONTWAIT): -1 with EAGAIN when nothing is there.
+ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc, int nonblocking);
+
 /// recv exactly len bytes without ancillary data. Returns bytes read (< len at EOF) or -1.
 ssize_t vfu_read_exact(int sock, void *buf, size_t len);
 
