@@ -6,24 +6,27 @@
 # Ends with the e2e summary line "N passed, M failed"; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Logs go to this checkout's $LOG_DIR (default .build/vfu-logs), never a shared path.
+. scripts/qemu-env.sh
+mkdir -p "$LOG_DIR"
 
 echo "== swift build"
 set +e
-swift build >/tmp/vfu-swift-build.log 2>&1
+swift build >"$LOG_DIR/swift-build.log" 2>&1
 status=$?
 set -e
 # Warnings and errors, then the closing line.
-grep -E 'warning:|error:' /tmp/vfu-swift-build.log | sort -u || true
-tail -n 1 /tmp/vfu-swift-build.log
-[ "$status" -eq 0 ] || { echo "swift build failed (status $status); full log: /tmp/vfu-swift-build.log"; exit "$status"; }
+grep -E 'warning:|error:' "$LOG_DIR/swift-build.log" | sort -u || true
+tail -n 1 "$LOG_DIR/swift-build.log"
+[ "$status" -eq 0 ] || { echo "swift build failed (status $status); full log: $LOG_DIR/swift-build.log"; exit "$status"; }
 echo "== swift test"
 set +e
-swift test >/tmp/vfu-swift-test.log 2>&1
+swift test >"$LOG_DIR/swift-test.log" 2>&1
 status=$?
 set -e
 # Show results, not the compile progress or every "started" line.
-grep -vE '^\[[0-9]+/[0-9]+\] |Test .* started\.$|^Test Case .* started\.$' /tmp/vfu-swift-test.log | tail -n 300
-[ "$status" -eq 0 ] || { echo "swift test failed (status $status); full log: /tmp/vfu-swift-test.log"; exit "$status"; }
+grep -vE '^\[[0-9]+/[0-9]+\] |Test .* started\.$|^Test Case .* started\.$' "$LOG_DIR/swift-test.log" | tail -n 300
+[ "$status" -eq 0 ] || { echo "swift test failed (status $status); full log: $LOG_DIR/swift-test.log"; exit "$status"; }
 
 echo "== vfu conform against vfu serve of every spec"
 scripts/conform.sh
@@ -34,4 +37,8 @@ if [ "${SKIP_QEMU:-0}" = 1 ]; then
 fi
 echo "== QEMU end-to-end"
 scripts/qemu-setup.sh
+# The initramfs depends on its inputs only: asking again by another path, from
+# another folder, rebuilds nothing.
+(cd / && bash "$OLDPWD/scripts/../scripts/qemu-initramfs.sh") 2>&1 | grep -q 'up to date' \
+  || { echo "FAIL: the initramfs was rebuilt when only the script's path changed"; exit 1; }
 scripts/qemu-e2e.sh
