@@ -30,7 +30,8 @@
 #   FORCE=1      wipe $QEMU_ROOT and $GUEST_DIR and start from scratch (every checkout
 #                sharing the root must then wait for it to be rebuilt)
 #
-# Needs root (debootstrap, chroot), an x86_64 Debian/Ubuntu host, and access to $MIRROR.
+# Needs root (debootstrap, chroot; run by a user, it asks sudo), an x86_64 Debian/Ubuntu
+# host, and access to $MIRROR.
 # Works non-interactively (CI=true, no stdin).
 set -euo pipefail
 exec </dev/null
@@ -54,6 +55,24 @@ for a in "$@"; do
     *) echo "qemu-setup.sh: unknown argument '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
+
+# Root is needed for debootstrap and chroot; a user with sudo is asked for it. Files
+# made for the user's checkout (logs, initramfs) are given back to the user at the end.
+if [ "$(id -u)" != 0 ] && [ "$INITRAMFS_ONLY" = 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "qemu-setup.sh: must run as root (debootstrap, chroot), and sudo is not installed" >&2; exit 1; }
+  echo "qemu-setup.sh: needs root (debootstrap, chroot): running it under sudo" >&2
+  exec sudo --preserve-env=QEMU_ROOT,GUEST_DIR,LOG_DIR,KERNEL,QEMU_CACHE,MIRROR,SUITE,BPO,RETRIES,FORCE,SKIP_SMOKE,SMOKE_TIMEOUT \
+    "$SCRIPT_DIR/qemu-setup.sh" "$@"
+fi
+give_back() {
+  [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ] || return 0
+  local d
+  for d in "$LOG_DIR" "$GUEST_DIR"; do [ -e "$d" ] && chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$d"; done
+  # .build itself, if this run created it (swift build must still be able to write there)
+  [ "$BUILD_EXISTED" = 1 ] || [ ! -d "$VFU_REPO/.build" ] || chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$VFU_REPO/.build"
+}
+BUILD_EXISTED=0
+[ -d "$VFU_REPO/.build" ] && BUILD_EXISTED=1
 
 T0=$SECONDS
 STEP_T=$SECONDS
@@ -80,6 +99,7 @@ LEGACY_GUEST=/var/tmp/vfu-guest
 MOUNTED_PROC=0
 cleanup() {
   if [ "$MOUNTED_PROC" = 1 ]; then umount "$QEMU_ROOT/proc" 2>/dev/null || umount -l "$QEMU_ROOT/proc" 2>/dev/null || true; fi
+  give_back || true
 }
 trap cleanup EXIT
 

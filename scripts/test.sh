@@ -81,4 +81,7 @@ scripts/qemu-initramfs.sh 2>/dev/null   # this checkout's guest (a no-op when up
 repo=$PWD
 (cd / && bash "$repo/scripts/../scripts/qemu-initramfs.sh") 2>&1 | grep -q 'up to date' \
   || { echo "FAIL: the initramfs was rebuilt when only the script's path changed"; exit 1; }
+echo "== the launcher: interactive guest fed on stdin (scripts/qemu-e2e-launcher.sh)"
+scripts/qemu-e2e-launcher.sh
+echo "== specs under QEMU (scripts/qemu-e2e.sh)"
 scripts/qemu-e2e.sh
