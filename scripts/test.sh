@@ -52,6 +52,14 @@ set -e
 grep -vE '^\[[0-9]+/[0-9]+\] |Test .* started\.$|^Test Case .* started\.$' "$LOG_DIR/swift-test.log" | tail -n 300
 [ "$status" -eq 0 ] || { echo "swift test failed (status $status); full log: $LOG_DIR/swift-test.log"; exit "$status"; }
 
+echo "== examples/TemperatureSensor: a device package of its own, built against our products"
+set +e
+(cd examples/TemperatureSensor && swift build --build-tests && swift test --skip-build) >"$LOG_DIR/example.log" 2>&1
+status=$?
+set -e
+grep -E 'warning:|error:|Test run|✘' "$LOG_DIR/example.log" | sort -u || true
+[ "$status" -eq 0 ] || { echo "the example package failed (status $status); full log: $LOG_DIR/example.log"; exit "$status"; }
+
 # Skips are listed again here, where they are seen (swift test prints them mid-log).
 grep -E '(Test|Suite) .* skipped' "$LOG_DIR/swift-test.log" | sed 's/^/skipped: /' || true
 
@@ -83,5 +91,8 @@ repo=$PWD
   || { echo "FAIL: the initramfs was rebuilt when only the script's path changed"; exit 1; }
 echo "== the launcher: interactive guest fed on stdin (scripts/qemu-e2e-launcher.sh)"
 scripts/qemu-e2e-launcher.sh
+echo "== examples/ci/run.sh: a guest-side program against an emulated device"
+examples/ci/run.sh >"$LOG_DIR/examples-ci.log" 2>&1 || { tr -d '\r' <"$LOG_DIR/examples-ci.log" | tail -30; echo "FAIL: examples/ci/run.sh"; exit 1; }
+tr -d '\r' <"$LOG_DIR/examples-ci.log" | grep -aE '^(PASS|FAIL) |^guest-test:'
 echo "== specs under QEMU (scripts/qemu-e2e.sh)"
 scripts/qemu-e2e.sh
