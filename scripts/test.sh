@@ -94,5 +94,7 @@ scripts/qemu-e2e-launcher.sh
 echo "== examples/ci/run.sh: a guest-side program against an emulated device"
 examples/ci/run.sh >"$LOG_DIR/examples-ci.log" 2>&1 || { tr -d '\r' <"$LOG_DIR/examples-ci.log" | tail -30; echo "FAIL: examples/ci/run.sh"; exit 1; }
 tr -d '\r' <"$LOG_DIR/examples-ci.log" | grep -aE '^(PASS|FAIL) |^guest-test:'
+echo "== hot-plug: 10 QMP device_add/device_del cycles (scripts/qemu-e2e-hotplug.py)"
+python3 scripts/qemu-e2e-hotplug.py --spec specs/minimal.json --cycles 10
 echo "== specs under QEMU (scripts/qemu-e2e.sh)"
 scripts/qemu-e2e.sh
