@@ -80,14 +80,15 @@ if [ "$(id -u)" = 0 ]; then
 elif qemu_root_ready; then
   echo "== QEMU end-to-end (QEMU root $QEMU_ROOT set up by root earlier)"
 else
-  echo "== QEMU end-to-end skipped: the QEMU root $QEMU_ROOT is not set up, and that needs root: run 'sudo scripts/qemu-setup.sh' once"
+  echo "== QEMU end-to-end skipped: the QEMU root $QEMU_ROOT is not set up, and that needs root: run 'scripts/qemu-setup.sh' once (it asks sudo)"
   exit 0
 fi
 scripts/qemu-initramfs.sh 2>/dev/null   # this checkout's guest (a no-op when up to date)
 # The initramfs depends on its inputs only: asking again by another path, from
 # another folder, rebuilds nothing.
 repo=$PWD
-(cd / && bash "$repo/scripts/../scripts/qemu-initramfs.sh") 2>&1 | grep -q 'up to date' \
+again=$(cd / && bash "$repo/scripts/../scripts/qemu-initramfs.sh" 2>&1)
+grep -q 'up to date' <<<"$again" \
   || { echo "FAIL: the initramfs was rebuilt when only the script's path changed"; exit 1; }
 echo "== the launcher: interactive guest fed on stdin (scripts/qemu-e2e-launcher.sh)"
 scripts/qemu-e2e-launcher.sh
