@@ -28,7 +28,7 @@
 #   BOOT_TIMEOUT (90)           seconds per guest boot
 #   SERVER_START_TIMEOUT (15)   seconds to wait for the server's socket
 #   STOP_TIMEOUT (10)           seconds to wait for the server after SIGTERM
-#   LOG_DIR (/tmp/vfu-e2e-logs) where logs are kept
+#   LOG_DIR (.build/vfu-logs)   where logs are kept (per checkout; scripts/qemu-env.sh)
 #   E2E_VERBOSE=1               print every guest console (default: only on failure)
 #   DROP_PATTERN                regex (Python) for server-log lines meaning "dropped the
 #                               connection"; default in e2e_check.py
@@ -48,7 +48,8 @@ VFU=${VFU:-$REPO/.build/debug/vfu}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-90}
 SERVER_START_TIMEOUT=${SERVER_START_TIMEOUT:-15}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
-LOG_DIR=${LOG_DIR:-/tmp/vfu-e2e-logs}
+# shellcheck source=scripts/qemu-env.sh
+. "$SCRIPT_DIR/qemu-env.sh"
 PY=${PYTHON:-python3}
 RAM_MODES=${RAM_MODES:-memfd default}
 export BOOT_TIMEOUT
@@ -58,14 +59,11 @@ setup_fail() { say "ERROR: $*"; echo "0 passed, 1 failed"; exit 2; }
 
 command -v "$PY" >/dev/null || setup_fail "python3 not found"
 [ -x "$VFU" ] || setup_fail "server binary $VFU not found or not executable (build it: swift build; or set VFU=...)"
-QEMU_ROOT=${QEMU_ROOT:-/var/tmp/vfu-qemu-root}
-GUEST_DIR=${GUEST_DIR:-/var/tmp/vfu-guest}
-export QEMU_ROOT GUEST_DIR
-[ -x "$QEMU_ROOT/usr/bin/qemu-system-x86_64" ] && [ -s "$GUEST_DIR/vmlinuz" ] \
+qemu_root_ready \
   || setup_fail "QEMU/guest not prepared: run scripts/qemu-setup.sh first (QEMU_ROOT=$QEMU_ROOT GUEST_DIR=$GUEST_DIR)"
 mkdir -p "$LOG_DIR"
-"$SCRIPT_DIR/qemu-setup.sh" --initramfs-only --no-smoke >"$LOG_DIR/setup.log" 2>&1 \
-  || { cat "$LOG_DIR/setup.log" >&2; setup_fail "rebuilding the initramfs failed"; }
+"$SCRIPT_DIR/qemu-initramfs.sh" >"$LOG_DIR/initramfs.log" 2>&1 \
+  || { cat "$LOG_DIR/initramfs.log" >&2; setup_fail "rebuilding the initramfs failed"; }
 
 # ------------------------------------------------------------ which specs
 SPECS=()

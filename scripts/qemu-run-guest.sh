@@ -12,7 +12,7 @@
 # scripts/guest/vfu-guest-test).  QEMU is never run with KVM.
 #
 # Environment:
-#   QEMU_ROOT (/var/tmp/vfu-qemu-root)  GUEST_DIR (/var/tmp/vfu-guest)
+#   QEMU_ROOT (/var/tmp/vfu-qemu-root)  GUEST_DIR (.build/vfu-guest)  KERNEL (see qemu-env.sh)
 #   BOOT_TIMEOUT (60)       seconds before QEMU is killed
 #   GUEST_MEM (512M)        guest RAM (the DMA window assumes 512M)
 #   GUEST_RAM (memfd)       memfd: guest RAM is a shared memfd, so DMA_MAP carries fds and
@@ -30,8 +30,9 @@
 #                           06.0, 07.0, ... (RUN_MODE=direct only)
 set -euo pipefail
 
-QEMU_ROOT=${QEMU_ROOT:-/var/tmp/vfu-qemu-root}
-GUEST_DIR=${GUEST_DIR:-/var/tmp/vfu-guest}
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/qemu-env.sh
+. "$SCRIPT_DIR/qemu-env.sh"
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-60}
 GUEST_MEM=${GUEST_MEM:-512M}
 RUN_MODE=${RUN_MODE:-direct}
@@ -48,7 +49,8 @@ SOCK=$1; shift
 APPEND_EXTRA="$*"
 
 [ -x "$QEMU_ROOT/usr/bin/qemu-system-x86_64" ] || die "no QEMU in $QEMU_ROOT: run scripts/qemu-setup.sh first"
-[ -s "$GUEST_DIR/vmlinuz" ] && [ -s "$GUEST_DIR/initramfs.cpio.gz" ] || die "no guest in $GUEST_DIR: run scripts/qemu-setup.sh first"
+[ -s "$KERNEL" ] || die "no guest kernel $KERNEL: run scripts/qemu-setup.sh first"
+[ -s "$GUEST_DIR/initramfs.cpio.gz" ] || die "no initramfs in $GUEST_DIR: run scripts/qemu-setup.sh (or scripts/qemu-initramfs.sh) first"
 
 if [ "${NO_DEVICE:-0}" != 1 ]; then
   SOCK=$(realpath -m "$SOCK")
@@ -63,19 +65,16 @@ trap cleanup EXIT
 case "$RUN_MODE" in
   direct)
     CSOCK=$SOCK
-    GUEST=$GUEST_DIR
-    QEMU=(env QEMU_MODULE_DIR="$QEMU_ROOT/usr/lib/x86_64-linux-gnu/qemu"
-          "$QEMU_ROOT/lib64/ld-linux-x86-64.so.2"
-          --library-path "$QEMU_ROOT/usr/lib/x86_64-linux-gnu:$QEMU_ROOT/lib/x86_64-linux-gnu"
-          "$QEMU_ROOT/usr/bin/qemu-system-x86_64"
-          -L "$QEMU_ROOT/usr/share/seabios" -L "$QEMU_ROOT/usr/share/qemu")
+    GUEST_KERNEL=$KERNEL
+    GUEST_INITRD=$GUEST_DIR/initramfs.cpio.gz
+    QEMU=("${QEMU_CMD[@]}")
     TRACE_FILE=${VFU_TRACE:-}
     ;;
   chroot)
     [ "$(id -u)" = 0 ] || die "RUN_MODE=chroot needs root (use RUN_MODE=direct)"
     MNT=/run/vfu/$$
     mkdir -p "$QEMU_ROOT$MNT" "$QEMU_ROOT/guest"
-    cp "$GUEST_DIR/vmlinuz" "$GUEST_DIR/initramfs.cpio.gz" "$QEMU_ROOT/guest/"
+    cp "$KERNEL" "$QEMU_ROOT/guest/vmlinuz"; cp "$GUEST_DIR/initramfs.cpio.gz" "$QEMU_ROOT/guest/"
     if ! mountpoint -q "$QEMU_ROOT/proc"; then
       mount -t proc proc "$QEMU_ROOT/proc"; CLEANUP_CMDS+=("umount '$QEMU_ROOT/proc' || umount -l '$QEMU_ROOT/proc'")
     fi
@@ -85,7 +84,8 @@ case "$RUN_MODE" in
     fi
     CLEANUP_CMDS+=("rmdir '$QEMU_ROOT$MNT'")
     CSOCK="$MNT/$(basename "$SOCK")"
-    GUEST=/guest
+    GUEST_KERNEL=/guest/vmlinuz
+    GUEST_INITRD=/guest/initramfs.cpio.gz
     QEMU=(chroot "$QEMU_ROOT" /usr/bin/qemu-system-x86_64)
     TRACE_FILE=${VFU_TRACE:+/tmp/vfu-trace.$$.log}
     [ -n "${VFU_TRACE:-}" ] && CLEANUP_CMDS+=("mv '$QEMU_ROOT/tmp/vfu-trace.$$.log' '$VFU_TRACE' 2>/dev/null")
@@ -122,7 +122,7 @@ timeout -k 5 "$BOOT_TIMEOUT" "${QEMU[@]}" \
   -nographic -no-reboot -accel tcg -smp 1 -m "$GUEST_MEM" \
   "${MEM_ARGS[@]}" \
   -vga none -net none \
-  -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initramfs.cpio.gz" -append "$APPEND" \
+  -kernel "$GUEST_KERNEL" -initrd "$GUEST_INITRD" -append "$APPEND" \
   "${DEV_ARGS[@]}" "${TRACE_ARGS[@]}" ${QEMU_EXTRA:-} </dev/null
 rc=$?
 set -e

@@ -2,38 +2,43 @@
 # qemu-setup.sh - prepare everything needed to run swift-vfio-user's server under
 # QEMU's vfio-user client (vfio-user-pci), from Debian packages only.
 #
-# Builds:
-#   $QEMU_ROOT   Debian trixie minbase root (debootstrap) with qemu-system-x86 11.x
-#                from trixie-backports (Debian 12's own QEMU 7.2 has no vfio-user-pci).
+# Builds (paths: scripts/qemu-env.sh):
+#   $QEMU_ROOT   (shared, default /var/tmp/vfu-qemu-root) Debian trixie minbase root
+#                (debootstrap) with qemu-system-x86 11.x from trixie-backports (Debian
+#                12's own QEMU 7.2 has no vfio-user-pci), busybox-static, pciutils.
 #                Nothing from trixie is ever installed into the host.
-#   $GUEST_DIR/vmlinuz              Debian trixie kernel (from linux-image-amd64's .deb)
-#   $GUEST_DIR/modules/*.ko         uio.ko + uio_pci_generic.ko from the same .deb
-#   $GUEST_DIR/initramfs.cpio.gz    busybox-static, lspci/setpci + libs, pci.ids,
-#                                   the modules and our guest test program (scripts/guest/)
+#   $QEMU_ROOT/vfu-kernel/vmlinuz       Debian trixie kernel (from linux-image-amd64's .deb)
+#   $QEMU_ROOT/vfu-kernel/modules/*.ko  uio.ko + uio_pci_generic.ko from the same .deb
+#   $GUEST_DIR/initramfs.cpio.gz  (per checkout, default .build/vfu-guest) busybox,
+#                lspci/setpci + libs, pci.ids, the modules and scripts/guest/*
+#                (scripts/qemu-initramfs.sh; no root needed for that step)
 #
 # Idempotent: every stage leaves a marker when it is complete; re-running skips
-# finished stages and redoes half-finished ones.  The initramfs is rebuilt only
-# when its inputs (scripts/guest/*, busybox, ...) changed.
+# finished stages and redoes half-finished ones. Two checkouts setting up at once
+# wait for each other ($QEMU_ROOT.lock). The initramfs is rebuilt only when its
+# inputs (the contents of scripts/guest/*, busybox, ...) changed.
 #
 # Usage: scripts/qemu-setup.sh [--initramfs-only] [--no-smoke]
 #   --initramfs-only  only (re)build the initramfs if stale (needs the earlier stages)
 #   --no-smoke        skip the guest smoke boot (also SKIP_SMOKE=1)
 #
 # Environment:
-#   QEMU_ROOT (/var/tmp/vfu-qemu-root)  GUEST_DIR (/var/tmp/vfu-guest)
+#   QEMU_ROOT (/var/tmp/vfu-qemu-root)  GUEST_DIR (.build/vfu-guest)  LOG_DIR (.build/vfu-logs)
 #   QEMU_CACHE (/var/tmp/vfu-qemu-cache)  debootstrap's .deb cache (speeds up retries)
 #   MIRROR (http://deb.debian.org/debian)  SUITE (trixie)  BPO (trixie-backports)
 #   RETRIES (3)  attempts for debootstrap / apt-get inside the root
-#   FORCE=1      wipe $QEMU_ROOT and $GUEST_DIR and start from scratch
+#   FORCE=1      wipe $QEMU_ROOT and $GUEST_DIR and start from scratch (every checkout
+#                sharing the root must then wait for it to be rebuilt)
 #
-# Needs root (debootstrap, chroot), an x86_64 Debian/Ubuntu host, and access to $MIRROR.
+# Needs root (debootstrap, chroot; run by a user, it asks sudo), an x86_64 Debian/Ubuntu
+# host, and access to $MIRROR.
 # Works non-interactively (CI=true, no stdin).
 set -euo pipefail
 exec </dev/null
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-QEMU_ROOT=${QEMU_ROOT:-/var/tmp/vfu-qemu-root}
-GUEST_DIR=${GUEST_DIR:-/var/tmp/vfu-guest}
+# shellcheck source=scripts/qemu-env.sh
+. "$SCRIPT_DIR/qemu-env.sh"
 QEMU_CACHE=${QEMU_CACHE:-/var/tmp/vfu-qemu-cache}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SUITE=${SUITE:-trixie}
@@ -46,10 +51,28 @@ for a in "$@"; do
   case "$a" in
     --initramfs-only) INITRAMFS_ONLY=1 ;;
     --no-smoke) SKIP_SMOKE=1 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "qemu-setup.sh: unknown argument '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
+
+# Root is needed for debootstrap and chroot; a user with sudo is asked for it. Files
+# made for the user's checkout (logs, initramfs) are given back to the user at the end.
+if [ "$(id -u)" != 0 ] && [ "$INITRAMFS_ONLY" = 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "qemu-setup.sh: must run as root (debootstrap, chroot), and sudo is not installed" >&2; exit 1; }
+  echo "qemu-setup.sh: needs root (debootstrap, chroot): running it under sudo" >&2
+  exec sudo --preserve-env=QEMU_ROOT,GUEST_DIR,LOG_DIR,KERNEL,QEMU_CACHE,MIRROR,SUITE,BPO,RETRIES,FORCE,SKIP_SMOKE,SMOKE_TIMEOUT \
+    "$SCRIPT_DIR/qemu-setup.sh" "$@"
+fi
+give_back() {
+  [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ] || return 0
+  local d
+  for d in "$LOG_DIR" "$GUEST_DIR"; do [ -e "$d" ] && chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$d"; done
+  # .build itself, if this run created it (swift build must still be able to write there)
+  [ "$BUILD_EXISTED" = 1 ] || [ ! -d "$VFU_REPO/.build" ] || chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$VFU_REPO/.build"
+}
+BUILD_EXISTED=0
+[ -d "$VFU_REPO/.build" ] && BUILD_EXISTED=1
 
 T0=$SECONDS
 STEP_T=$SECONDS
@@ -63,15 +86,20 @@ case "$QEMU_ROOT" in /|/usr|/var|/var/tmp|/tmp|"") die "refusing QEMU_ROOT=$QEMU
 case "$GUEST_DIR" in /|/usr|/var|/var/tmp|/tmp|"") die "refusing GUEST_DIR=$GUEST_DIR" ;; esac
 QEMU_ROOT=$(realpath -m "$QEMU_ROOT")
 GUEST_DIR=$(realpath -m "$GUEST_DIR")
+KERNEL_DIR=$QEMU_ROOT/vfu-kernel
+mkdir -p "$LOG_DIR"
 
 M_DEBOOTSTRAP="$QEMU_ROOT/.vfu-stage-debootstrap"
 M_QEMU="$QEMU_ROOT/.vfu-stage-qemu"
-M_KERNEL="$GUEST_DIR/.vfu-stage-kernel"
+M_KERNEL="$KERNEL_DIR/.vfu-stage-kernel"
+# Before the kernel moved into the shared root it lived here; a complete one is adopted.
+LEGACY_GUEST=/var/tmp/vfu-guest
 
 # ------------------------------------------------------------------ helpers
 MOUNTED_PROC=0
 cleanup() {
   if [ "$MOUNTED_PROC" = 1 ]; then umount "$QEMU_ROOT/proc" 2>/dev/null || umount -l "$QEMU_ROOT/proc" 2>/dev/null || true; fi
+  give_back || true
 }
 trap cleanup EXIT
 
@@ -110,14 +138,14 @@ APT_OPTS=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-co
           -o DPkg::Lock::Timeout=300 --no-install-recommends)
 
 # QEMU of the root, run on the host through the root's own dynamic loader (no chroot)
-qemu_direct() {
-  QEMU_MODULE_DIR="$QEMU_ROOT/usr/lib/x86_64-linux-gnu/qemu" \
-  "$QEMU_ROOT/lib64/ld-linux-x86-64.so.2" \
-    --library-path "$QEMU_ROOT/usr/lib/x86_64-linux-gnu:$QEMU_ROOT/lib/x86_64-linux-gnu" \
-    "$QEMU_ROOT/usr/bin/qemu-system-x86_64" \
-    -L "$QEMU_ROOT/usr/share/seabios" -L "$QEMU_ROOT/usr/share/qemu" "$@"
-}
+qemu_direct() { "${QEMU_CMD[@]}" "$@"; }
 
+if [ "$INITRAMFS_ONLY" = 0 ] && [ "$(id -u)" = 0 ]; then
+  # One setup of the shared root at a time; a second checkout waits, then finds it done.
+  mkdir -p "$(dirname "$QEMU_ROOT")"
+  exec 9>"$QEMU_ROOT.lock"
+  flock -n 9 || { log "another setup holds $QEMU_ROOT.lock; waiting"; flock 9; }
+fi
 if [ "${FORCE:-0}" = 1 ] && [ "$INITRAMFS_ONLY" = 0 ]; then
   [ "$(id -u)" = 0 ] || die "must run as root"
   log "FORCE=1: wiping $QEMU_ROOT and $GUEST_DIR"
@@ -137,9 +165,9 @@ command -v gzip >/dev/null 2>&1 || need+=(gzip)
 command -v timeout >/dev/null 2>&1 || need+=(coreutils)
 if [ ${#need[@]} -gt 0 ]; then
   step_begin "installing host tools from the host's own repositories: ${need[*]}"
-  retry "$RETRIES" apt-get -q -o DPkg::Lock::Timeout=300 update >/tmp/vfu-qemu-host-apt.log 2>&1 || true
-  retry "$RETRIES" apt-get install "${APT_OPTS[@]}" "${need[@]}" >>/tmp/vfu-qemu-host-apt.log 2>&1 \
-    || { tail -20 /tmp/vfu-qemu-host-apt.log >&2; die "cannot install ${need[*]} on the host (log: /tmp/vfu-qemu-host-apt.log)"; }
+  retry "$RETRIES" apt-get -q -o DPkg::Lock::Timeout=300 update >"$LOG_DIR/qemu-host-apt.log" 2>&1 || true
+  retry "$RETRIES" apt-get install "${APT_OPTS[@]}" "${need[@]}" >>"$LOG_DIR/qemu-host-apt.log" 2>&1 \
+    || { tail -20 "$LOG_DIR/qemu-host-apt.log" >&2; die "cannot install ${need[*]} on the host (log: $LOG_DIR/qemu-host-apt.log)"; }
   step_end
 fi
 DEBOOTSTRAP=$(command -v debootstrap || echo /usr/sbin/debootstrap)
@@ -147,16 +175,16 @@ DEBOOTSTRAP=$(command -v debootstrap || echo /usr/sbin/debootstrap)
 
 # ------------------------------------------------------- 1. debootstrap
 if [ ! -e "$M_DEBOOTSTRAP" ]; then
-  step_begin "debootstrap --variant=minbase $SUITE $QEMU_ROOT $MIRROR (log: /tmp/vfu-qemu-debootstrap.log)"
+  step_begin "debootstrap --variant=minbase $SUITE $QEMU_ROOT $MIRROR (log: $LOG_DIR/qemu-debootstrap.log)"
   mkdir -p "$QEMU_CACHE"
-  : >/tmp/vfu-qemu-debootstrap.log
+  : >"$LOG_DIR/qemu-debootstrap.log"
   do_debootstrap() {
     if [ -e "$QEMU_ROOT" ]; then log "    removing half-finished $QEMU_ROOT"; wipe_root; fi
     "$DEBOOTSTRAP" --variant=minbase --cache-dir="$QEMU_CACHE" "$SUITE" "$QEMU_ROOT" "$MIRROR" \
-      >>/tmp/vfu-qemu-debootstrap.log 2>&1
+      >>"$LOG_DIR/qemu-debootstrap.log" 2>&1
   }
   retry "$RETRIES" do_debootstrap \
-    || { tail -20 /tmp/vfu-qemu-debootstrap.log >&2; die "debootstrap failed $RETRIES times (log: /tmp/vfu-qemu-debootstrap.log)"; }
+    || { tail -20 "$LOG_DIR/qemu-debootstrap.log" >&2; die "debootstrap failed $RETRIES times (log: $LOG_DIR/qemu-debootstrap.log)"; }
   touch "$M_DEBOOTSTRAP"
   step_end
 else
@@ -165,28 +193,28 @@ fi
 
 # ------------------------------------------------------- 2. QEMU from backports
 if [ ! -e "$M_QEMU" ]; then
-  step_begin "installing qemu-system-x86 from $BPO + busybox-static pciutils pci.ids in the root (log: /tmp/vfu-qemu-apt.log)"
+  step_begin "installing qemu-system-x86 from $BPO + busybox-static pciutils pci.ids in the root (log: $LOG_DIR/qemu-apt.log)"
   echo "deb $MIRROR $SUITE main" > "$QEMU_ROOT/etc/apt/sources.list"
   echo "deb $MIRROR $BPO main" > "$QEMU_ROOT/etc/apt/sources.list.d/backports.list"
   printf '%s\n' 'Acquire::Retries "5";' 'Acquire::http::Timeout "30";' 'Acquire::Check-Valid-Until "false";' \
     'APT::Install-Recommends "false";' > "$QEMU_ROOT/etc/apt/apt.conf.d/99vfu"
   cp -L /etc/resolv.conf "$QEMU_ROOT/etc/resolv.conf" 2>/dev/null || true
   mount_proc
-  : >/tmp/vfu-qemu-apt.log
+  : >"$LOG_DIR/qemu-apt.log"
   # a previous run may have been interrupted in the middle of dpkg
-  in_root dpkg --configure -a >>/tmp/vfu-qemu-apt.log 2>&1 || true
-  retry "$RETRIES" in_root apt-get -q update >>/tmp/vfu-qemu-apt.log 2>&1 \
-    || { tail -20 /tmp/vfu-qemu-apt.log >&2; die "apt-get update in the root failed"; }
+  in_root dpkg --configure -a >>"$LOG_DIR/qemu-apt.log" 2>&1 || true
+  retry "$RETRIES" in_root apt-get -q update >>"$LOG_DIR/qemu-apt.log" 2>&1 \
+    || { tail -20 "$LOG_DIR/qemu-apt.log" >&2; die "apt-get update in the root failed"; }
   apt_install() {
-    in_root apt-get install "${APT_OPTS[@]}" "$@" >>/tmp/vfu-qemu-apt.log 2>&1 && return 0
-    in_root dpkg --configure -a >>/tmp/vfu-qemu-apt.log 2>&1 || true
-    in_root apt-get install "${APT_OPTS[@]}" -f >>/tmp/vfu-qemu-apt.log 2>&1 || true
+    in_root apt-get install "${APT_OPTS[@]}" "$@" >>"$LOG_DIR/qemu-apt.log" 2>&1 && return 0
+    in_root dpkg --configure -a >>"$LOG_DIR/qemu-apt.log" 2>&1 || true
+    in_root apt-get install "${APT_OPTS[@]}" -f >>"$LOG_DIR/qemu-apt.log" 2>&1 || true
     return 1
   }
   retry "$RETRIES" apt_install -t "$BPO" qemu-system-x86 \
-    || { tail -20 /tmp/vfu-qemu-apt.log >&2; die "installing qemu-system-x86 from $BPO failed"; }
+    || { tail -20 "$LOG_DIR/qemu-apt.log" >&2; die "installing qemu-system-x86 from $BPO failed"; }
   retry "$RETRIES" apt_install busybox-static pciutils pci.ids \
-    || { tail -20 /tmp/vfu-qemu-apt.log >&2; die "installing busybox-static pciutils pci.ids failed"; }
+    || { tail -20 "$LOG_DIR/qemu-apt.log" >&2; die "installing busybox-static pciutils pci.ids failed"; }
   in_root apt-get clean >/dev/null 2>&1 || true
   touch "$M_QEMU"
   step_end
@@ -204,118 +232,80 @@ fi
 log "QEMU has vfio-user-pci"
 
 # ------------------------------------------------------- 3. guest kernel + modules
-if [ ! -e "$M_KERNEL" ] || [ ! -s "$GUEST_DIR/vmlinuz" ] || [ ! -s "$GUEST_DIR/modules/uio.ko" ] \
-   || [ ! -s "$GUEST_DIR/modules/uio_pci_generic.ko" ]; then
+kernel_complete() {  # kernel_complete DIR
+  [ -e "$1/.vfu-stage-kernel" ] && [ -s "$1/vmlinuz" ] && [ -s "$1/modules/uio.ko" ] && [ -s "$1/modules/uio_pci_generic.ko" ]
+}
+if ! kernel_complete "$KERNEL_DIR" && kernel_complete "$LEGACY_GUEST"; then
+  log "guest kernel: adopting the one in $LEGACY_GUEST (the old, shared GUEST_DIR)"
+  rm -rf "$KERNEL_DIR.tmp"; mkdir -p "$KERNEL_DIR.tmp/modules"
+  cp "$LEGACY_GUEST/vmlinuz" "$LEGACY_GUEST/kernel.version" "$KERNEL_DIR.tmp/"
+  cp "$LEGACY_GUEST/kernel.config" "$KERNEL_DIR.tmp/" 2>/dev/null || true
+  cp "$LEGACY_GUEST"/modules/*.ko "$KERNEL_DIR.tmp/modules/"
+  touch "$KERNEL_DIR.tmp/.vfu-stage-kernel"
+  rm -rf "$KERNEL_DIR"; mv "$KERNEL_DIR.tmp" "$KERNEL_DIR"
+fi
+if ! kernel_complete "$KERNEL_DIR"; then
   step_begin "guest kernel: downloading Debian's linux-image .deb (nothing is installed)"
   rm -f "$M_KERNEL"
-  mkdir -p "$GUEST_DIR"
+  mkdir -p "$KERNEL_DIR"
   KPKG=$(in_root apt-cache depends linux-image-amd64 2>/dev/null \
          | sed -n 's/.*Depends: \(linux-image-[0-9][^ ]*\).*/\1/p' | head -1)
   [ -n "$KPKG" ] || die "cannot resolve the kernel package behind linux-image-amd64 in $SUITE"
   log "    kernel package: $KPKG"
   KD="$QEMU_ROOT/tmp/vfu-kdeb"
   rm -rf "$KD"; mkdir -p "$KD"; chmod 777 "$KD"
-  retry "$RETRIES" in_root sh -c "cd /tmp/vfu-kdeb && apt-get -q download $KPKG" >>/tmp/vfu-qemu-apt.log 2>&1 \
-    || { tail -20 /tmp/vfu-qemu-apt.log >&2; die "apt-get download $KPKG failed"; }
+  retry "$RETRIES" in_root sh -c "cd /tmp/vfu-kdeb && apt-get -q download $KPKG" >>"$LOG_DIR/qemu-apt.log" 2>&1 \
+    || { tail -20 "$LOG_DIR/qemu-apt.log" >&2; die "apt-get download $KPKG failed"; }
   DEB=$(ls "$KD"/*.deb | head -1)
-  X="$GUEST_DIR/kx"; rm -rf "$X"; mkdir -p "$X"
+  X="$KERNEL_DIR/kx"; rm -rf "$X"; mkdir -p "$X"
   dpkg-deb --fsys-tarfile "$DEB" | tar -x -C "$X" --wildcards \
       './boot/vmlinuz-*' './boot/config-*' '*/kernel/drivers/uio/uio.ko*' '*/kernel/drivers/uio/uio_pci_generic.ko*' \
     || die "extracting vmlinuz/uio modules from $DEB failed"
-  mkdir -p "$GUEST_DIR/modules"
+  mkdir -p "$KERNEL_DIR/modules"
   for m in uio uio_pci_generic; do
     f=$(find "$X" -name "$m.ko*" | head -1)
     [ -n "$f" ] || die "$m.ko not found in $DEB"
     case "$f" in
-      *.ko.xz)  xz -dc "$f" > "$GUEST_DIR/modules/$m.ko" ;;
-      *.ko.zst) zstd -dc "$f" > "$GUEST_DIR/modules/$m.ko" ;;
-      *.ko.gz)  gzip -dc "$f" > "$GUEST_DIR/modules/$m.ko" ;;
-      *.ko)     cp "$f" "$GUEST_DIR/modules/$m.ko" ;;
+      *.ko.xz)  xz -dc "$f" > "$KERNEL_DIR/modules/$m.ko" ;;
+      *.ko.zst) zstd -dc "$f" > "$KERNEL_DIR/modules/$m.ko" ;;
+      *.ko.gz)  gzip -dc "$f" > "$KERNEL_DIR/modules/$m.ko" ;;
+      *.ko)     cp "$f" "$KERNEL_DIR/modules/$m.ko" ;;
     esac
   done
-  cp "$X"/boot/config-* "$GUEST_DIR/kernel.config"
-  basename "$(ls "$X"/boot/vmlinuz-*)" | sed 's/^vmlinuz-//' > "$GUEST_DIR/kernel.version"
-  mv "$X"/boot/vmlinuz-* "$GUEST_DIR/vmlinuz.tmp" && mv "$GUEST_DIR/vmlinuz.tmp" "$GUEST_DIR/vmlinuz"
+  cp "$X"/boot/config-* "$KERNEL_DIR/kernel.config"
+  basename "$(ls "$X"/boot/vmlinuz-*)" | sed 's/^vmlinuz-//' > "$KERNEL_DIR/kernel.version"
+  mv "$X"/boot/vmlinuz-* "$KERNEL_DIR/vmlinuz.tmp" && mv "$KERNEL_DIR/vmlinuz.tmp" "$KERNEL_DIR/vmlinuz"
   rm -rf "$X" "$KD"
   touch "$M_KERNEL"
   step_end
 else
-  log "guest kernel: already done ($(cat "$GUEST_DIR/kernel.version" 2>/dev/null))"
+  log "guest kernel: already done ($(cat "$KERNEL_DIR/kernel.version" 2>/dev/null))"
 fi
+flock -u 9
 fi  # INITRAMFS_ONLY
 
 [ -e "$M_QEMU" ] && [ -e "$M_KERNEL" ] || die "QEMU root / guest kernel missing: run scripts/qemu-setup.sh (without --initramfs-only) first"
 
-# ------------------------------------------------------- 4. initramfs
-GUEST_SRC="$SCRIPT_DIR/guest"
-[ -f "$GUEST_SRC/init" ] && [ -f "$GUEST_SRC/vfu-guest-test" ] || die "missing $GUEST_SRC/init or $GUEST_SRC/vfu-guest-test"
-inputs_hash() {
-  { cat "$GUEST_SRC"/*; cat "$GUEST_DIR/modules"/*.ko; echo "$0";
-    stat -c '%s %Y' "$QEMU_ROOT/usr/bin/busybox" "$QEMU_ROOT/usr/bin/lspci" "$QEMU_ROOT/usr/bin/setpci"; } \
-    | sha256sum | cut -d' ' -f1
-}
-# the setup script itself is an input too (this function builds the image)
-HASH=$( { inputs_hash; sha256sum < "$0"; } | sha256sum | cut -d' ' -f1)
-REBUILT=0
-if [ ! -s "$GUEST_DIR/initramfs.cpio.gz" ] || [ "$(cat "$GUEST_DIR/initramfs.inputs" 2>/dev/null)" != "$HASH" ]; then
-  step_begin "building initramfs"
-  IR="$GUEST_DIR/initramfs-root"
-  rm -rf "$IR"
-  mkdir -p "$IR"/{bin,sbin,proc,sys,dev,tmp,run,lib64,lib/x86_64-linux-gnu,lib/modules,usr/share/misc,etc}
-  cp "$QEMU_ROOT/usr/bin/busybox" "$IR/bin/busybox"
-  for a in $("$IR/bin/busybox" --list); do
-    [ "$a" = busybox ] || ln -sf busybox "$IR/bin/$a"
-  done
-  for b in lspci setpci; do rm -f "$IR/bin/$b"; cp -L "$QEMU_ROOT/usr/bin/$b" "$IR/bin/$b"; done
-  # libraries of lspci/setpci, resolved by the root's own loader (no chroot needed)
-  LIBS=$(for b in lspci setpci; do
-           "$QEMU_ROOT/lib64/ld-linux-x86-64.so.2" \
-             --library-path "$QEMU_ROOT/usr/lib/x86_64-linux-gnu:$QEMU_ROOT/lib/x86_64-linux-gnu" \
-             --list "$QEMU_ROOT/usr/bin/$b" || exit 1
-         done | awk '/=>/ {print $3}' | sort -u) || die "cannot list the libraries of lspci/setpci"
-  case "$LIBS" in *"$QEMU_ROOT"/*) ;; *) die "library paths of lspci/setpci do not point into $QEMU_ROOT: $LIBS" ;; esac
-  for lib in $LIBS; do cp -L "$lib" "$IR/lib/x86_64-linux-gnu/"; done
-  cp -L "$QEMU_ROOT/lib64/ld-linux-x86-64.so.2" "$IR/lib64/"
-  if [ -f "$QEMU_ROOT/usr/share/misc/pci.ids" ]; then cp -L "$QEMU_ROOT/usr/share/misc/pci.ids" "$IR/usr/share/misc/"
-  else log "    warning: no pci.ids in the root; lspci will show numbers only"; fi
-  cp "$GUEST_DIR/modules/uio.ko" "$GUEST_DIR/modules/uio_pci_generic.ko" "$IR/lib/modules/"
-  install -m 755 "$GUEST_SRC/init" "$IR/init"
-  install -m 755 "$GUEST_SRC/vfu-guest-test" "$IR/bin/vfu-guest-test"
-  (cd "$IR" && find . | LC_ALL=C sort | "$IR/bin/busybox" cpio -o -H newc 2>/dev/null) \
-    | gzip -6 > "$GUEST_DIR/initramfs.cpio.gz.tmp"
-  mv "$GUEST_DIR/initramfs.cpio.gz.tmp" "$GUEST_DIR/initramfs.cpio.gz"
-  echo "$HASH" > "$GUEST_DIR/initramfs.inputs"
-  rm -rf "$IR"
-  sz=$(stat -c %s "$GUEST_DIR/initramfs.cpio.gz")
-  # QEMU loads the initrd just below the top of RAM; the DMA test reserves 0x1f000000 (496 MiB)
-  [ "$sz" -lt $((12 * 1024 * 1024)) ] || log "    WARNING: initramfs is $((sz / 1048576)) MiB; it may overlap the DMA window at 496 MiB"
-  rm -f "$GUEST_DIR/.vfu-smoke-ok"
-  REBUILT=1
-  step_end
-else
-  log "initramfs: up to date"
-fi
+# ------------------------------------------------------- 4. initramfs (per checkout)
+"$SCRIPT_DIR/qemu-initramfs.sh" || die "building the initramfs failed"
 
 # ------------------------------------------------------- 5. smoke boot (no device)
 if [ "${SKIP_SMOKE:-0}" != 1 ] && [ ! -e "$GUEST_DIR/.vfu-smoke-ok" ]; then
   step_begin "smoke test: booting the guest under TCG without a vfio-user device"
   set +e
-  timeout -k 5 "${SMOKE_TIMEOUT:-120}" env QEMU_MODULE_DIR="$QEMU_ROOT/usr/lib/x86_64-linux-gnu/qemu" \
-    "$QEMU_ROOT/lib64/ld-linux-x86-64.so.2" \
-    --library-path "$QEMU_ROOT/usr/lib/x86_64-linux-gnu:$QEMU_ROOT/lib/x86_64-linux-gnu" \
-    "$QEMU_ROOT/usr/bin/qemu-system-x86_64" -L "$QEMU_ROOT/usr/share/seabios" -L "$QEMU_ROOT/usr/share/qemu" \
+  timeout -k 5 "${SMOKE_TIMEOUT:-120}" "${QEMU_CMD[@]}" \
     -nographic -no-reboot -accel tcg -m 512M -machine q35,memory-backend=mem \
     -object memory-backend-memfd,id=mem,size=512M,share=on -vga none -net none \
-    -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initramfs.cpio.gz" \
-    -append 'console=ttyS0 panic=-1 quiet no_timer_check memmap=64K$0x1f000000 vfu_smoke=1' >/tmp/vfu-qemu-smoke.log 2>&1
+    -kernel "$KERNEL_DIR/vmlinuz" -initrd "$GUEST_DIR/initramfs.cpio.gz" \
+    -append 'console=ttyS0 panic=-1 quiet no_timer_check memmap=64K$0x1f000000 vfu_smoke=1' >"$LOG_DIR/qemu-smoke.log" 2>&1
   rc=$?
   set -e
-  if [ $rc -ne 0 ] || ! grep -q '^E2E done' <(tr -d '\r' </tmp/vfu-qemu-smoke.log); then
-    tail -30 /tmp/vfu-qemu-smoke.log >&2
-    die "guest smoke boot failed (qemu status $rc; log /tmp/vfu-qemu-smoke.log)"
+  if [ $rc -ne 0 ] || ! grep -q '^E2E done' <(tr -d '\r' <"$LOG_DIR/qemu-smoke.log"); then
+    tail -30 "$LOG_DIR/qemu-smoke.log" >&2
+    die "guest smoke boot failed (qemu status $rc; log $LOG_DIR/qemu-smoke.log)"
   fi
   touch "$GUEST_DIR/.vfu-smoke-ok"
   step_end
 fi
 
-log "ready in $((SECONDS - T0))s: QEMU_ROOT=$QEMU_ROOT ($(du -shx "$QEMU_ROOT" 2>/dev/null | cut -f1)), GUEST_DIR=$GUEST_DIR (kernel $(cat "$GUEST_DIR/kernel.version"), initramfs $(du -h "$GUEST_DIR/initramfs.cpio.gz" | cut -f1))"
+log "ready in $((SECONDS - T0))s: QEMU_ROOT=$QEMU_ROOT ($(du -shx "$QEMU_ROOT" 2>/dev/null | cut -f1)), GUEST_DIR=$GUEST_DIR (kernel $(cat "$KERNEL_DIR/kernel.version"), initramfs $(du -h "$GUEST_DIR/initramfs.cpio.gz" | cut -f1))"

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Glibc
 import PCICore
 
 /// Where the built-in doorbell model sits.
@@ -39,15 +40,15 @@ public struct DeviceSpec: Sendable {
     /// Loads and validates a spec. `sectionKeys` are the extra top-level keys the
     /// known variants accept; any other unknown key is an error.
     public static func load(path: String, sectionKeys: Set<String> = []) throws(SpecError) -> DeviceSpec {
-        guard let bytes = readFile(path) else { throw SpecError(file: path, field: "", reason: "cannot read the file") }
+        let bytes: [UInt8]
+        do { bytes = try readFile(path) } catch {
+            throw SpecError(file: path, field: "", reason: "cannot read the file: \(error.reason)")
+        }
         return try parse(bytes, file: path, sectionKeys: sectionKeys)
     }
 
     public static func parse(_ bytes: [UInt8], file: String, sectionKeys: Set<String> = []) throws(SpecError) -> DeviceSpec {
-        let json: JSONValue
-        do { json = try JSONValue.parse(bytes) } catch {
-            throw SpecError(file: file, field: "", reason: "not valid JSON (\(error))")
-        }
+        let json = try JSONValue.parse(bytes, file: file)
         let root = SpecNode(file: file, path: "", value: json)
         var spec = try SpecParser.parse(root, sectionKeys: sectionKeys)
         spec.directory = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
@@ -72,7 +73,26 @@ public struct DeviceSpec: Sendable {
     public func error(_ field: String, _ reason: String) -> SpecError { SpecError(file: file, field: field, reason: reason) }
 }
 
-func readFile(_ path: String) -> [UInt8]? {
-    guard let d = FileManager.default.contents(atPath: path) else { return nil }
-    return [UInt8](d)
+/// Why a file could not be read: the OS's own words (strerror), e.g. "No such file or directory".
+struct FileReadError: Error {
+    var reason: String
+}
+
+/// The whole file, or the OS's reason it cannot be read.
+func readFile(_ path: String) throws(FileReadError) -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw FileReadError(reason: String(cString: strerror(errno))) }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { throw FileReadError(reason: String(cString: strerror(errno))) }
+    guard (st.st_mode & S_IFMT) != S_IFDIR else { throw FileReadError(reason: String(cString: strerror(EISDIR))) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        if n < 0 && errno == EINTR { continue }
+        guard n >= 0 else { throw FileReadError(reason: String(cString: strerror(errno))) }
+        if n == 0 { return out }
+        out += buf[0..<n]
+    }
 }

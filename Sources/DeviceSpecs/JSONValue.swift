@@ -24,8 +24,12 @@ public enum JSONValue: Sendable, Equatable, Decodable {
         self = .object(try c.decode([String: JSONValue].self))
     }
 
-    public static func parse(_ bytes: [UInt8]) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+    /// Parses strict JSON: a trailing comma, a duplicate key or any other syntax
+    /// error is refused with its line and column (see `SpecError.line`).
+    public static func parse(_ bytes: [UInt8], file: String = "<json>") throws(SpecError) -> JSONValue {
+        do { return try JSONParser.parse(bytes) } catch {
+            throw SpecError(file: file, field: "", reason: "not valid JSON: \(error.reason)", line: error.line, column: error.column)
+        }
     }
 
     var kindName: String {
@@ -42,14 +46,23 @@ public struct SpecError: Error, CustomStringConvertible, Equatable {
     public var file: String
     public var field: String
     public var reason: String
+    /// Where a syntax error is (1-based; the column counts characters), as compilers
+    /// print it: `file:line:column: reason`.
+    public var line: Int?
+    public var column: Int?
 
-    public init(file: String, field: String, reason: String) {
+    public init(file: String, field: String, reason: String, line: Int? = nil, column: Int? = nil) {
         self.file = file
         self.field = field
         self.reason = reason
+        self.line = line
+        self.column = column
     }
 
-    public var description: String { field.isEmpty ? "\(file): \(reason)" : "\(file): \(field): \(reason)" }
+    public var description: String {
+        if let line, let column { return "\(file):\(line):\(column): \(reason)" }
+        return field.isEmpty ? "\(file): \(reason)" : "\(file): \(field): \(reason)"
+    }
 }
 
 /// A cursor into a spec document that knows its path, for precise errors.

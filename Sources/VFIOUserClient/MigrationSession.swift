@@ -121,7 +121,8 @@ public struct Migrator {
         var phase = "setup"
         var moved: UInt64 = 0
         var sink: Sink? = nil
-        var srcFile: MigrationFile? = nil
+        // Nothing has changed state yet: a refusal here leaves both ends as they were.
+        let srcFile = try preflight()
         do {
             // Destination first: refuse early if it cannot take a stream at all.
             switch destination {
@@ -202,8 +203,7 @@ public struct Migrator {
                 if case .file = destination, resumeSourceAfterSave { try s.setMigrationState(.running) }
             case .file(let path):
                 phase = "reading \(path)"
-                let f = try MigrationFile.open(path)
-                srcFile = f
+                let f = srcFile!
                 let t1 = Self.now()
                 let total = f.size
                 while true {

@@ -10,10 +10,13 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measure 4-byte config-space REGION_READ round trips against a plain socket ping-pong.",
         discussion: """
-            Each run times N round trips of a 32-byte REGION_READ and its 36-byte reply \
-            against the server at --socket, then N round trips of the same sizes against a \
-            plain echo thread on a Unix socketpair in this process. It prints both rates \
-            and their ratio (server / baseline); the summary is the median over the runs.
+            Each run times --iterations round trips of a 32-byte REGION_READ and its \
+            36-byte reply against the server at --socket, then as many round trips of the \
+            same sizes against a baseline peer: a separate process (`vfu bench-echo`) on a \
+            Unix socketpair that answers each 32-byte message with 36 bytes and does \
+            nothing else, so both sides pay the same cross-process scheduling costs. It \
+            prints both rates and their ratio (server / baseline) per run, then the \
+            medians over --runs runs.
             """)
 
     @Option(help: "The server's Unix socket.")

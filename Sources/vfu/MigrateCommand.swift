@@ -56,6 +56,20 @@ struct MigrateCommand: ParsableCommand {
         guard (to == nil) != (toFile == nil) else { throw ValidationError("give exactly one of --to and --to-file") }
         guard fromFile == nil || to != nil else { throw ValidationError("--from-file needs --to") }
         guard (4096...(64 << 20)).contains(chunk) else { throw ValidationError("--chunk must be 4096...67108864") }
+        // Checked before connecting: both ends on one server would leave it in ERROR.
+        if let from, let to, sameFile(from, to) {
+            throw ValidationError("--from and --to are the same server (\(from)): a device cannot migrate onto itself")
+        }
+        if let fromFile, let toFile, sameFile(fromFile, toFile) {
+            throw ValidationError("--from-file and --to-file are the same file")
+        }
+    }
+
+    /// Whether two paths name one file (the same inode, through any links), or one path twice.
+    private func sameFile(_ a: String, _ b: String) -> Bool {
+        var sa = stat(), sb = stat()
+        if stat(a, &sa) == 0, stat(b, &sb) == 0 { return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino }
+        return a == b
     }
 
     func run() throws {
@@ -82,16 +96,30 @@ struct MigrateCommand: ParsableCommand {
         do {
             let r = try m.run()
             bar.finish()
-            if json { print(r.json) } else {
-                print("migrated: \(r.preCopyRounds) pre-copy round(s), \(mib(r.preCopyBytes)) pre-copy + \(mib(r.stopCopyBytes)) stop-copy, "
-                      + "downtime \(fmt(r.downtimeSeconds * 1000)) ms, stop-copy \(fmt(r.stopCopyThroughput / 1_048_576)) MiB/s")
-            }
+            if json { print(r.json) } else { print(summary(r)) }
         } catch {
             bar.finish()
             printError("vfu: error: \(error)")
             if json { print("{\"error\":\"\(String(error.description.map { $0 == "\"" ? "'" : $0 }))\"}") }
             throw ExitCode(1)
         }
+    }
+
+    /// One line saying what happened, in the terms of what happened: a save to a file
+    /// has no downtime (nothing resumes), and a rate is shown only for a transfer big
+    /// and long enough for it to mean throughput rather than latency.
+    func summary(_ r: MigrationReport) -> String {
+        let rounds = r.preCopyRounds > 0 ? "\(r.preCopyRounds) pre-copy round(s) (\(mib(r.preCopyBytes))) + " : ""
+        let stop = "stop-copy \(mib(r.stopCopyBytes)) in \(duration(r.stopCopySeconds))" + (rate(r.stopCopyBytes, r.stopCopySeconds).map { ", \($0)" } ?? "")
+        if let toFile {
+            let after = keepRunning ? "the source is running again" : "the source is left stopped (--keep-running resumes it)"
+            return "saved to \(toFile): \(rounds)\(stop), \(mib(r.totalBytes)) in all; \(after)"
+        }
+        if let fromFile {
+            return "loaded \(mib(r.stopCopyBytes)) from \(fromFile) in \(duration(r.stopCopySeconds))"
+                + (rate(r.stopCopyBytes, r.stopCopySeconds).map { " (\($0))" } ?? "") + "; the destination is running"
+        }
+        return "migrated: \(rounds)\(stop); downtime \(duration(r.downtimeSeconds))"
     }
 
     // MARK: Benchmark
@@ -227,7 +255,23 @@ private func now() -> Double {
 }
 
 private func fmt(_ d: Double) -> String { String(Double(Int((d * 100).rounded())) / 100) }
-private func mib(_ b: UInt64) -> String { "\(fmt(Double(b) / 1_048_576)) MiB" }
+
+/// Bytes in the unit that reads best: "512 B", "12.5 KiB", "64.0 MiB".
+func mib(_ b: UInt64) -> String {
+    if b < 1024 { return "\(b) B" }
+    if b < 1 << 20 { return "\(fmt(Double(b) / 1024)) KiB" }
+    return "\(fmt(Double(b) / 1_048_576)) MiB"
+}
+
+/// "4.2 ms" or "1.35 s".
+func duration(_ s: Double) -> String { s < 1 ? "\(fmt(s * 1000)) ms" : "\(fmt(s)) s" }
+
+/// "123.4 MiB/s", or nil when the transfer is too small (< 1 MiB) or too short (< 50 ms)
+/// for bytes / seconds to measure throughput rather than a round trip's latency.
+func rate(_ bytes: UInt64, _ seconds: Double) -> String? {
+    guard bytes >= 1 << 20, seconds >= 0.05 else { return nil }
+    return "\(fmt(Double(bytes) / seconds / 1_048_576)) MiB/s"
+}
 
 /// A one-line progress bar on stderr: phase, bytes, rate, remaining.
 final class ProgressBar: @unchecked Sendable {
@@ -243,16 +287,16 @@ final class ProgressBar: @unchecked Sendable {
         guard enabled, boundary || p.elapsed - last >= 0.1 else { return }
         last = p.elapsed
         lastPhase = p.phase
-        let rate = p.elapsed > 0 ? Double(p.bytes) / p.elapsed : 0
+        let shownRate = rate(p.bytes, p.elapsed)
         var line = "\r\(p.phase.rawValue)"
         if p.phase == .preCopy { line += " round \(p.round + 1)" }
         if let rem = p.remaining {
             let total = Double(p.phaseBytes + rem)
             let filled = total > 0 ? Int(Double(p.phaseBytes) / total * 30) : 30
             line += " [" + String(repeating: "#", count: filled) + String(repeating: "-", count: 30 - filled) + "]"
-            line += " \(mib(p.bytes))  \(fmt(rate / 1_048_576)) MiB/s  remaining \(mib(rem))"
+            line += " \(mib(p.bytes))" + (shownRate.map { "  \($0)" } ?? "") + "  remaining \(mib(rem))"
         } else {
-            line += " \(mib(p.bytes))  \(fmt(rate / 1_048_576)) MiB/s"
+            line += " \(mib(p.bytes))" + (shownRate.map { "  \($0)" } ?? "")
         }
         printRaw(line + "\u{1B}[K")
         shown = true

@@ -67,7 +67,7 @@ let base = #""name": "t", "ids": {"vendor": "0x1b36", "device": "0x1"}"#
         #expect(e.file == "t.json")
         #expect(e.field == field, "\(e)")
         #expect(e.reason.contains(reason), "\(e)")
-        #expect(e.description.hasPrefix("t.json: "))
+        #expect(e.description.hasPrefix("t.json:"))
     }
 
     @Test func variantSectionsAreAcceptedOnlyWhenAVariantClaimsThem() throws {

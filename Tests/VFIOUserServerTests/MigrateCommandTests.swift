@@ -97,7 +97,9 @@ import VFIOUserTransport
         let lines = String(decoding: out, as: UTF8.self).split(whereSeparator: { $0 == "\r" || $0 == "\n" || $0 == "\r\n" })
         let bars = lines.filter { $0.hasPrefix("pre-copy round 1 [") }
         #expect(bars.count >= 2, "\(lines)")   // it advanced during the round
-        #expect(bars.allSatisfy { $0.contains(" MiB/s") && $0.contains("remaining ") }, "\(bars)")
+        // A rate appears once enough has moved for long enough to mean throughput.
+        #expect(bars.allSatisfy { $0.contains("remaining ") }, "\(bars)")
+        #expect(bars.last?.contains(" MiB/s") == true, "\(bars)")
         #expect(bars.last?.contains("[" + String(repeating: "#", count: 30) + "]") == true, "\(bars)")
         #expect(lines.contains { $0.hasPrefix("stop-copy [") }, "\(lines)")
         #expect(lines.contains { $0.hasPrefix("migrated: 1 pre-copy round(s)") }, "\(lines)")

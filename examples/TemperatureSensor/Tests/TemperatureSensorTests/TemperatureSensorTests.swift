@@ -1,17 +1,17 @@
 import DeviceSpecs
-import ExampleTemperatureSensor
+// The server-side entry points (what a test drives directly) are SPI.
 @_spi(Server) import PCICore
-import TestSupport
+import TemperatureSensor
 import Testing
 import VFIOUserClient
 import VFIOUserProtocol
 import VFIOUserTransport
 import VariantDevices
 
-/// Serves examples/TemperatureSensor through the variant registry and drives it
-/// like a guest driver would, through the client library.
-@Suite struct ExampleTemperatureSensorTests {
-    static let specPath = repositoryRoot + "/examples/TemperatureSensor/temperature-sensor.json"
+/// Serves the temperature sensor through the variant registry and drives it like a
+/// guest driver would, through the client library, over a real Unix socket.
+@Suite struct TemperatureSensorTests {
+    static let specPath = packageRoot + "/temperature-sensor.json"
     static let registry = VariantRegistry(drivers: [TemperatureSensorDriver(), GenericDriver()])
 
     func serve() throws -> Served {
