@@ -10,6 +10,7 @@
 //   PCICore            the vfio-pci-core equivalent: config space, regions, IRQs, DMA, reset, migration
 //   VFIOUserServer     connection lifecycle and message dispatcher
 //   DeviceSpecs        JSON device descriptions and their validation
+//   VFIOUserControl    the control plane: a JSON socket to poke, watch and fault a served device
 //   VariantDevices     IGD, NVLink2, Grace, migratable VF, ...: built on PCICore's public API only
 //   VFIOUserClient     client library (the VMM side)
 //   VFIOUserConformance protocol conformance checks against any vfio-user server
@@ -64,6 +65,11 @@ let package = Package(
             dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", "VFIOUserTransport", "MigrationStream"],
             swiftSettings: strict),
         .target(
+            name: "VFIOUserControl",
+            dependencies: ["VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer", "DeviceSpecs",
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
             name: "VFIOUserClient",
             dependencies: ["VFIOUserProtocol", "VFIOUserTransport"],
             swiftSettings: strict),
@@ -75,7 +81,7 @@ let package = Package(
             name: "vfu",
             dependencies: [
                 "VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer",
-                "DeviceSpecs", "VariantDevices", "VFIOUserClient", "VFIOUserConformance",
+                "DeviceSpecs", "VariantDevices", "VFIOUserClient", "VFIOUserConformance", "VFIOUserControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

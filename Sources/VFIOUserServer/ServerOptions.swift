@@ -19,6 +19,8 @@ public struct ServerOptions: Sendable {
     /// Over `mig-data-fd`, send a stopped device's memory by reference (vmsplice and
     /// splice) instead of copying it. Off: every byte is copied, as through a socket.
     public var migrationZeroCopy = true
+    /// A control plane watching and steering every command (docs/control.md); nil: none.
+    public var hooks: (any ServerHooks)?
 
     public init() {}
 
