@@ -23,7 +23,7 @@ public final class ControlServer: Sendable {
     private let state = Mutex(State())
 
     /// Listens on `path` for clients that control `devices` (their names must differ).
-    public init(path: String, devices: [ControlledDevice], logger: Logger) throws(TransportError) {
+    public init(path: String, devices: [ControlledDevice], logger: Logger = Logger(label: "vfu-ctl")) throws(TransportError) {
         precondition(Set(devices.map(\.name)).count == devices.count, "control device names must be unique")
         self.devices = devices
         self.logger = logger
