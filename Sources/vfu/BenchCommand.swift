@@ -14,10 +14,17 @@ struct BenchCommand: ParsableCommand {
             against the server at --socket, then N round trips of the same sizes against a \
             plain echo thread on a Unix socketpair in this process. It prints both rates \
             and their ratio (server / baseline); the summary is the median over the runs.
+
+            --control-compare SPEC instead starts two `vfu serve SPEC` processes, one with \
+            --control, and compares their round trips in the same run: first with nothing \
+            attached to the control socket, then with a watcher receiving every access.
             """)
 
     @Option(help: "The server's Unix socket.")
-    var socket: String
+    var socket: String?
+
+    @Option(help: "Compare `vfu serve SPEC` with and without --control (and with a watcher).")
+    var controlCompare: String?
 
     @Option(help: "Round trips per run.")
     var iterations = 20000
@@ -28,8 +35,14 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
+    func validate() throws {
+        guard (socket == nil) != (controlCompare == nil) else { throw ValidationError("give one of --socket and --control-compare") }
+        guard iterations > 0, runs > 0 else { throw ValidationError("--iterations and --runs must be positive") }
+    }
+
     func run() throws {
-        let client = try VFIOUserClient(path: socket)
+        if let spec = controlCompare { return try compareControl(spec) }
+        let client = try VFIOUserClient(path: socket!)
         defer { client.close() }
         let request = encodeMessage(MessageHeader(messageID: 1, command: .regionRead, messageSize: 0),
                                     payload: RegionAccess(offset: 0, region: RegionIndex.config.rawValue, count: 4))
@@ -66,6 +79,26 @@ struct BenchCommand: ParsableCommand {
             }
             print("median: server \(Int(median(server))) rt/s (\(fmt(1e6 / median(server))) us/rt), "
                   + "baseline \(Int(median(baseline))) rt/s (\(fmt(1e6 / median(baseline))) us/rt), ratio \(fmt(median(ratios)))")
+        }
+    }
+
+    private func compareControl(_ spec: String) throws {
+        let r = try ControlComparison(spec: spec, iterations: iterations, runs: runs, rate: rate).run()
+        func median(_ x: [Double]) -> Double { let s = x.sorted(); return s[s.count / 2] }
+        if json {
+            print("{\"iterations\":\(iterations),\"runs\":\(runs),\"plain_rtt_per_s\":\(Int(median(r.plain))),"
+                  + "\"control_rtt_per_s\":\(Int(median(r.control))),\"control_ratio\":\(fmt(median(r.controlRatios))),"
+                  + "\"control_ratios\":[\(r.controlRatios.map(fmt).joined(separator: ","))],"
+                  + "\"watched_rtt_per_s\":\(Int(median(r.watched))),\"watched_ratio\":\(fmt(median(r.watchedRatios))),"
+                  + "\"watched_ratios\":[\(r.watchedRatios.map(fmt).joined(separator: ","))],\"watch_events\":\(r.events)}")
+        } else {
+            for i in 0..<runs {
+                print("run \(i + 1): plain \(Int(r.plain[i])) rt/s, --control \(Int(r.control[i])) rt/s, ratio \(fmt(r.controlRatios[i])); "
+                      + "watched \(Int(r.watched[i])) rt/s, ratio \(fmt(r.watchedRatios[i]))")
+            }
+            print("median: plain \(Int(median(r.plain))) rt/s (\(fmt(1e6 / median(r.plain))) us/rt), --control without watcher "
+                  + "\(Int(median(r.control))) rt/s, ratio \(fmt(median(r.controlRatios))); with a watcher \(Int(median(r.watched))) rt/s, "
+                  + "ratio \(fmt(median(r.watchedRatios))) (\(r.events) events streamed)")
         }
     }
 

@@ -1,0 +1,111 @@
+import ArgumentParser
+import Glibc
+import VFIOUserClient
+import VFIOUserControl
+import VFIOUserProtocol
+import VFIOUserTransport
+
+/// `vfu bench --control-compare SPEC`: what the control plane costs on the hot path.
+///
+/// Two `vfu serve` processes of the same spec, one plain and one with `--control`,
+/// measured alternately in the same run with the same 4-byte config REGION_READ; then
+/// again with a `watch` client attached to the second (it receives every access).
+struct ControlComparison {
+    let spec: String
+    let iterations: Int
+    let runs: Int
+    let rate: (MessageSocket, [UInt8]) throws -> Double
+
+    struct Result {
+        var plain: [Double] = [], control: [Double] = [], plainW: [Double] = [], watched: [Double] = []
+        var controlRatios: [Double] = [], watchedRatios: [Double] = []
+        var events = 0
+    }
+
+    func run() throws -> Result {
+        var template = Array("/tmp/vfu-bench-XXXXXX".utf8CString)
+        let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        defer {
+            for f in ["plain.sock", "ctl.sock", "ctl.control"] { unlink(dir + "/" + f) }
+            rmdir(dir)
+        }
+        let plainPID = try spawnServer(["serve", spec, "--socket", dir + "/plain.sock", "--log-level", "error"])
+        let ctlPID = try spawnServer(["serve", spec, "--socket", dir + "/ctl.sock", "--control", dir + "/ctl.control",
+                                      "--log-level", "error"])
+        defer {
+            for p in [plainPID, ctlPID] {
+                kill(p, SIGTERM)
+                var st: Int32 = 0
+                waitpid(p, &st, 0)
+            }
+        }
+        let plain = try connect(dir + "/plain.sock")
+        let ctl = try connect(dir + "/ctl.sock")
+        defer { plain.close(); ctl.close() }
+        let request = encodeMessage(MessageHeader(messageID: 1, command: .regionRead, messageSize: 0),
+                                    payload: RegionAccess(offset: 0, region: RegionIndex.config.rawValue, count: 4))
+        _ = try plain.read(region: RegionIndex.config.rawValue, offset: 0, count: 4)
+        _ = try ctl.read(region: RegionIndex.config.rawValue, offset: 0, count: 4)
+
+        var r = Result()
+        // Alternate, so drift in the machine's load hits both sides alike.
+        for i in 0..<runs {
+            let first = i % 2 == 0
+            let a = first ? try rate(plain.socket, request) : 0
+            let b = try rate(ctl.socket, request)
+            let a2 = first ? a : try rate(plain.socket, request)
+            r.plain.append(a2)
+            r.control.append(b)
+            r.controlRatios.append(b / a2)
+        }
+        // A watcher that reads (and throws away) every event.
+        let watcher = try ControlClient(path: dir + "/ctl.control")
+        var q = ControlRequest(op: "watch")
+        q.kinds = ["access"]
+        guard (try? watcher.call(q))?.ok == true else { throw ValidationError("the control server refused watch") }
+        let counter = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+        counter.initialize(to: 0)
+        let box = UnsafeSendable(counter)
+        let t = startThread(name: "vfu-bench-watch") {
+            while (try? watcher.readLine(timeoutMs: -1)) != nil { box.value.pointee += 1 }
+        }
+        for i in 0..<runs {
+            let first = i % 2 == 0
+            let a = first ? try rate(plain.socket, request) : 0
+            let b = try rate(ctl.socket, request)
+            let a2 = first ? a : try rate(plain.socket, request)
+            r.plainW.append(a2)
+            r.watched.append(b)
+            r.watchedRatios.append(b / a2)
+        }
+        watcher.socket.shutdown()
+        pthread_join(t, nil)
+        r.events = counter.pointee
+        counter.deallocate()
+        watcher.close()
+        return r
+    }
+
+    private func connect(_ path: String) throws -> VFIOUserClient {
+        for _ in 0..<500 {
+            if let c = try? VFIOUserClient(path: path) { return c }
+            usleep(10_000)
+        }
+        throw ValidationError("no server on \(path)")
+    }
+
+    private func spawnServer(_ args: [String]) throws -> pid_t {
+        var pid: pid_t = 0
+        var argv: [UnsafeMutablePointer<CChar>?] = (["vfu"] + args).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        let rc = posix_spawn(&pid, "/proc/self/exe", nil, nil, &argv, environ)
+        guard rc == 0 else { throw ValidationError("cannot start vfu serve: errno \(rc)") }
+        return pid
+    }
+}
+
+/// Hands a pointer to the watcher thread (it alone writes, the bench reads after join).
+struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}
