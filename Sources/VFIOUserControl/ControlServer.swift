@@ -174,8 +174,6 @@ public final class ControlServer: Sendable {
         ok.watching = true
         guard client.write(LineJSON.encode(ok)) else { return false }
         var sent = 0
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         while !state.withLock({ $0.stopped }) {
             let (events, dropped) = w.take(timeoutMs: 100)
             var out: [UInt8] = []
@@ -185,10 +183,7 @@ public final class ControlServer: Sendable {
             }
             for raw in events {
                 if let l = q.limit, sent >= l { break }
-                if var bytes = try? [UInt8](e.encode(raw.controlEvent(device: d.name))) {
-                    bytes.append(UInt8(ascii: "\n"))
-                    out += bytes
-                }
+                out += raw.jsonLine(device: d.name)
                 sent += 1
             }
             if !out.isEmpty, !client.write(out) { return false }

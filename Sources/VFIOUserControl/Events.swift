@@ -206,3 +206,76 @@ struct ModeledMap: Sendable {
         return true
     }
 }
+
+extension RawEvent {
+    /// The event as one JSON line, written by hand (a watcher receives every access, and
+    /// JSONEncoder costs several times the access itself). Same keys, same sorted order
+    /// and the same values as encoding ``controlEvent(device:)``; ControlTests compares them.
+    func jsonLine(device: String) -> [UInt8] {
+        var o = JSONLineWriter()
+        let e = controlEvent(device: device)
+        if let v = e.address { o.string("address", v.description) }
+        if let v = e.command { o.string("command", v) }
+        if let v = e.conn { o.raw("conn", String(v)) }
+        if let v = e.count { o.raw("count", String(v)) }
+        if let v = e.data { o.string("data", v) }
+        o.string("device", e.device)
+        if let v = e.error { o.string("error", v) }
+        o.string("event", e.event)
+        if let v = e.faultId { o.raw("faultId", String(v)) }
+        if let v = e.irq { o.string("irq", v) }
+        if let v = e.kind { o.string("kind", v) }
+        if let v = e.offset { o.string("offset", v.description) }
+        if let v = e.op { o.string("op", v) }
+        if let v = e.reason { o.string("reason", v) }
+        if let v = e.region { o.string("region", v.description) }
+        o.raw("seq", String(e.seq))
+        if let v = e.size { o.raw("size", String(v)) }
+        o.raw("time", Self.micros(timeNs))
+        if let v = e.value { o.string("value", v.description) }
+        if let v = e.vector { o.raw("vector", String(v)) }
+        return o.finish()
+    }
+
+    /// Seconds since the epoch with up to six decimals, trailing zeros dropped.
+    static func micros(_ monoNs: UInt64) -> String {
+        let us = (Int64(bitPattern: monoNs) + Clock.wallOffsetNs) / 1000
+        var frac = String(us % 1_000_000)
+        frac = String(repeating: "0", count: 6 - frac.count) + frac
+        while frac.count > 1 && frac.hasSuffix("0") { frac.removeLast() }
+        return "\(us / 1_000_000).\(frac)"
+    }
+}
+
+/// A JSON object written member by member (keys and strings here never need escaping
+/// but quotes and backslashes, which are escaped anyway).
+struct JSONLineWriter {
+    var bytes: [UInt8] = [UInt8(ascii: "{")]
+
+    mutating func key(_ k: String) {
+        if bytes.count > 1 { bytes.append(UInt8(ascii: ",")) }
+        bytes.append(UInt8(ascii: "\""))
+        bytes += k.utf8
+        bytes += "\":".utf8
+    }
+
+    mutating func string(_ k: String, _ v: String) {
+        key(k)
+        bytes.append(UInt8(ascii: "\""))
+        for b in v.utf8 {
+            if b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") { bytes.append(UInt8(ascii: "\\")) }
+            bytes.append(b)
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    mutating func raw(_ k: String, _ v: String) {
+        key(k)
+        bytes += v.utf8
+    }
+
+    mutating func finish() -> [UInt8] {
+        bytes += "}\n".utf8
+        return bytes
+    }
+}

@@ -83,7 +83,7 @@ struct BenchCommand: ParsableCommand {
     }
 
     private func compareControl(_ spec: String) throws {
-        let r = try ControlComparison(spec: spec, iterations: iterations, runs: runs, rate: rate).run()
+        let r = try ControlComparison(spec: spec, iterations: iterations, runs: runs, time: { try self.seconds($0, $1, $2) }).run()
         func median(_ x: [Double]) -> Double { let s = x.sorted(); return s[s.count / 2] }
         if json {
             print("{\"iterations\":\(iterations),\"runs\":\(runs),\"plain_rtt_per_s\":\(Int(median(r.plain))),"
@@ -125,14 +125,19 @@ struct BenchCommand: ParsableCommand {
 
     /// Round trips per second of `request` on `sock`.
     private func rate(_ sock: MessageSocket, _ request: [UInt8]) throws -> Double {
+        Double(iterations) / (try seconds(sock, request, iterations))
+    }
+
+    /// Seconds for `n` round trips of `request` on `sock`.
+    private func seconds(_ sock: MessageSocket, _ request: [UInt8], _ n: Int) throws -> Double {
         let start = now()
-        for _ in 0..<iterations {
+        for _ in 0..<n {
             try sock.send(request)
             guard let r = try sock.receive(maxMessageSize: 1 << 16, maxFDs: 0), r.bytes.count == 36 else {
                 throw ValidationError("unexpected reply during the benchmark")
             }
         }
-        return Double(iterations) / (now() - start)
+        return now() - start
     }
 
     private func now() -> Double {

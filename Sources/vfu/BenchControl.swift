@@ -14,7 +14,8 @@ struct ControlComparison {
     let spec: String
     let iterations: Int
     let runs: Int
-    let rate: (MessageSocket, [UInt8]) throws -> Double
+    /// Seconds for `n` round trips of the request.
+    let time: (MessageSocket, [UInt8], Int) throws -> Double
 
     struct Result {
         var plain: [Double] = [], control: [Double] = [], plainW: [Double] = [], watched: [Double] = []
@@ -48,15 +49,28 @@ struct ControlComparison {
         _ = try ctl.read(region: RegionIndex.config.rawValue, offset: 0, count: 4)
 
         var r = Result()
-        // Alternate, so drift in the machine's load hits both sides alike.
-        for i in 0..<runs {
-            let first = i % 2 == 0
-            let a = first ? try rate(plain.socket, request) : 0
-            let b = try rate(ctl.socket, request)
-            let a2 = first ? a : try rate(plain.socket, request)
-            r.plain.append(a2)
+        // Interleaved in chunks of 500 round trips, alternating which side goes first, so
+        // load from anything else on the machine falls on both sides alike.
+        func measure(_ a: VFIOUserClient, _ b: VFIOUserClient) throws -> (Double, Double) {
+            var ta = 0.0, tb = 0.0
+            let chunk = 500
+            for k in 0..<max(1, iterations / chunk) {
+                if k % 2 == 0 {
+                    ta += try time(a.socket, request, chunk)
+                    tb += try time(b.socket, request, chunk)
+                } else {
+                    tb += try time(b.socket, request, chunk)
+                    ta += try time(a.socket, request, chunk)
+                }
+            }
+            let n = Double(max(1, iterations / chunk) * chunk)
+            return (n / ta, n / tb)
+        }
+        for _ in 0..<runs {
+            let (a, b) = try measure(plain, ctl)
+            r.plain.append(a)
             r.control.append(b)
-            r.controlRatios.append(b / a2)
+            r.controlRatios.append(b / a)
         }
         // A watcher that reads (and throws away) every event.
         let watcher = try ControlClient(path: dir + "/ctl.control")
@@ -69,14 +83,11 @@ struct ControlComparison {
         let t = startThread(name: "vfu-bench-watch") {
             while (try? watcher.readLine(timeoutMs: -1)) != nil { box.value.pointee += 1 }
         }
-        for i in 0..<runs {
-            let first = i % 2 == 0
-            let a = first ? try rate(plain.socket, request) : 0
-            let b = try rate(ctl.socket, request)
-            let a2 = first ? a : try rate(plain.socket, request)
-            r.plainW.append(a2)
+        for _ in 0..<runs {
+            let (a, b) = try measure(plain, ctl)
+            r.plainW.append(a)
             r.watched.append(b)
-            r.watchedRatios.append(b / a2)
+            r.watchedRatios.append(b / a)
         }
         watcher.socket.shutdown()
         pthread_join(t, nil)

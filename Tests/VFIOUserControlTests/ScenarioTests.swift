@@ -1,4 +1,5 @@
 import DeviceSpecs
+import FoundationEssentials
 import Glibc
 import PCICore
 import TestSupport
@@ -96,4 +97,34 @@ extension ControlledDevice {
 extension PCIDevice {
     func writeConfig(_ offset: UInt64, _ bytes: [UInt8]) throws { try writeRegion(index: 7, offset: offset, data: bytes[...]) }
     func dmaWillStartForTests(_ c: ControlledDevice) -> VFIOErrno? { c.dmaWillStart(address: 0, count: 4, write: true) }
+}
+
+/// The watch stream's hand-written JSON says what JSONEncoder would.
+@Suite struct EventEncodingTests {
+    @Test func handWrittenLinesDecodeToTheSameEvent() throws {
+        let now = Clock.monoNs()
+        let samples = [
+            RawEvent(kind: .access, timeNs: now, session: 3, write: true, command: 10, region: 0, offset: 8, size: 4,
+                     bytes: [1, 2, 3, 4]),
+            RawEvent(kind: .access, timeNs: now + 1, session: 1, command: 9, region: 2, offset: 0x10, size: 16,
+                     bytes: Array(0..<16)),
+            RawEvent(kind: .access, timeNs: now + 999, command: 9, region: 0, offset: 0, size: 4, errno: 5),
+            RawEvent(kind: .dma, timeNs: now, write: true, offset: 0x1f00_0000, size: 256, errno: 5),
+            RawEvent(kind: .irq, timeNs: now, region: 2, offset: 3),
+            RawEvent(kind: .reset, timeNs: now, text: "deviceReset"),
+            RawEvent(kind: .poll, timeNs: now, region: 0, offset: 0xc, size: 4, count: 65),
+            RawEvent(kind: .fault, timeNs: now, text: "dma", count: 1, faultID: 7),
+        ]
+        for (i, raw) in samples.enumerated() {
+            var r = raw
+            r.seq = UInt64(i + 1)
+            let line = r.jsonLine(device: "de\"v")
+            #expect(line.last == UInt8(ascii: "\n"))
+            let decoded = try JSONDecoder().decode(ControlEvent.self, from: Data(line.dropLast()))
+            var expected = r.controlEvent(device: "de\"v")
+            #expect(abs(decoded.time - expected.time) < 2e-6, "\(String(decoding: line, as: UTF8.self))")
+            expected.time = decoded.time
+            #expect(decoded == expected, "\(String(decoding: line, as: UTF8.self))")
+        }
+    }
 }
