@@ -107,6 +107,17 @@ import VariantDevices
         // Still answering, with the id echoed.
         r = try ctl.ok("devices") { $0.id = 77 }
         #expect(r.id == 77 && r.devices?.first?.name == "default")
+        r = try ctl.ok("info") { $0.device = "default" }
+        #expect(r.devices?.first?.regions.map(\.region) == [RegionRef(0), RegionRef(2), RegionRef(4), RegionRef(7)])
+        #expect(r.devices?.first?.irqs["msix"] == 8 && r.devices?.first?.workHeld == false)
+
+        // A line longer than 1 MiB: refused, and the connection closes.
+        let big = try rig.ctl()
+        defer { big.close() }
+        #expect(big.send(line: String(repeating: " ", count: LineSocket.maxLine + 65536)))
+        r = try big.readReply()
+        #expect(!r.ok && r.error == "line-too-long")
+        #expect(throws: (any Error).self) { _ = try big.readLine(timeoutMs: 5000) }
     }
 
     @Test func devicesAreAddressedByNameWhenAProcessServesSeveral() throws {
