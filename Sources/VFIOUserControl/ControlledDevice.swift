@@ -18,13 +18,15 @@ import VFIOUserTransport
 public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendable {
     public let name: String
     public let device: PCIDevice
-    let modeled: [UInt32: ModeledMap]
+    /// Indexed by region.
+    let modeled: [ModeledMap]
     let limits: FaultLimits
     private let serverBox = Mutex<VFIOUserServer?>(nil)
 
     struct State {
         var seq: UInt64 = 0
-        var stats: [UInt16: LatencyLog] = [:]
+        /// Indexed by command (the last slot counts any command past 30): no hashing per command.
+        var stats = [LatencyLog](repeating: LatencyLog(), count: 32)
         var accesses: UInt64 = 0
         var unmodeled: [AccessKey: UnmodeledEntry] = [:]
         var pollThreshold = 64
@@ -61,7 +63,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
                 maps[UInt32(i)] = .all
             }
         }
-        modeled = maps
+        modeled = (0..<device.regionCount).map { maps[UInt32($0)] ?? .all }
         limits = FaultLimits(regionSizes: sizes, configSize: device.config.size)
         device.probe = self
         device.onReset { [weak self] reason in self?.deviceWasReset(reason) }
@@ -99,7 +101,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
         let cmd = header.command
         var drop = false
         let disposition = state.withLock { s -> ReplyDisposition in
-            s.stats[cmd.rawValue, default: LatencyLog()].record(now &- token, failed: error != nil)
+            s.stats[min(Int(cmd.rawValue), 31)].record(now &- token, failed: error != nil)
             var access: AccessKey? = nil
             var write = false
             switch cmd {
@@ -134,7 +136,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
     private func recordAccess(_ s: inout State, _ key: AccessKey, write: Bool, data: ArraySlice<UInt8>, error: VFIOErrno?,
                               command: Command, session: SessionID, now: UInt64, drop: inout Bool) {
         s.accesses &+= 1
-        if !(modeled[key.region]?.covers(offset: key.offset, size: key.size) ?? true) {
+        if Int(key.region) < modeled.count, !modeled[Int(key.region)].covers(offset: key.offset, size: key.size) {
             if s.unmodeled[key] == nil { s.unmodeled[key] = UnmodeledEntry(first: now, last: now) }
             if write { s.unmodeled[key]!.writes &+= 1 } else { s.unmodeled[key]!.reads &+= 1 }
             s.unmodeled[key]!.last = now

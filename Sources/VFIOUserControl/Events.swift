@@ -135,10 +135,11 @@ struct LatencyLog {
     var count: UInt64 = 0
     var errors: UInt64 = 0
     var maxNs: UInt64 = 0
-    var ring = [UInt64](repeating: 0, count: 4096)
+    /// Grows to 4096 samples, then wraps.
+    var ring: [UInt64] = []
 
     mutating func record(_ ns: UInt64, failed: Bool) {
-        ring[Int(count & 4095)] = ns
+        if ring.count < 4096 { ring.append(ns) } else { ring[Int(count & 4095)] = ns }
         count &+= 1
         if failed { errors &+= 1 }
         if ns > maxNs { maxNs = ns }

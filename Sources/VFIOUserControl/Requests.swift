@@ -235,7 +235,7 @@ extension ControlledDevice {
 
     func stats() -> [CommandStats] {
         state.withLock { s in
-            s.stats.sorted { $0.key < $1.key }.map { $0.value.stats(Command($0.key).description) }
+            s.stats.indices.filter { s.stats[$0].count > 0 }.map { s.stats[$0].stats($0 == 31 ? "OTHER" : Command(UInt16($0)).description) }
         }
     }
 
