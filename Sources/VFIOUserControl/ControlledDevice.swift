@@ -33,6 +33,9 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
         var pollKey: AccessKey?
         var pollRun = 0
         var polls: [AccessKey: PollEntry] = [:]
+        /// The run of `pollKey` passed the threshold (its entry is in `polls`).
+        var pollInLoop = false
+        var pollLast: UInt64 = 0
         var faults: [ActiveFault] = []
         var nextFaultID = 1
         var watchers: [ObjectIdentifier: Watcher] = [:]
@@ -137,30 +140,27 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
                               command: Command, session: SessionID, now: UInt64, drop: inout Bool) {
         s.accesses &+= 1
         if Int(key.region) < modeled.count, !modeled[Int(key.region)].covers(offset: key.offset, size: key.size) {
-            if s.unmodeled[key] == nil { s.unmodeled[key] = UnmodeledEntry(first: now, last: now) }
-            if write { s.unmodeled[key]!.writes &+= 1 } else { s.unmodeled[key]!.reads &+= 1 }
-            s.unmodeled[key]!.last = now
+            s.unmodeled[key, default: UnmodeledEntry(first: now, last: now)].count(write: write, at: now)
         }
         // Polling loops: the same register read again and again, nothing else between.
+        // While a loop runs only these counters move; its report entry is written when
+        // it starts and when it ends (or a report is asked for).
         if !write, s.pollKey == key {
             s.pollRun += 1
-            if s.pollRun > s.pollThreshold {
-                if s.polls[key] == nil { s.polls[key] = PollEntry(first: now, last: now) }
-                if s.pollRun == s.pollThreshold + 1 {
-                    s.polls[key]!.loops += 1
-                    s.polls[key]!.active = true
-                    if !s.watchers.isEmpty {
-                        emit(&s, RawEvent(kind: .poll, timeNs: now, region: key.region, offset: key.offset, size: key.size,
-                                          count: s.pollRun))
-                    }
+            s.pollLast = now
+            if s.pollRun == s.pollThreshold + 1 {
+                s.polls[key, default: PollEntry(first: now, last: now)].loops += 1
+                s.pollInLoop = true
+                if !s.watchers.isEmpty {
+                    emit(&s, RawEvent(kind: .poll, timeNs: now, region: key.region, offset: key.offset, size: key.size,
+                                      count: s.pollRun))
                 }
-                s.polls[key]!.longestRun = max(s.polls[key]!.longestRun, s.pollRun)
-                s.polls[key]!.last = now
             }
         } else {
-            if let k = s.pollKey { s.polls[k]?.active = false }
+            endPollingLoop(&s)
             s.pollKey = write ? nil : key
             s.pollRun = write ? 0 : 1
+            s.pollLast = now
         }
         if !s.faults.isEmpty { checkTriggers(&s, key: key, write: write, data: data, now: now, drop: &drop) }
         if !s.watchers.isEmpty {
@@ -168,6 +168,19 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
                               region: key.region, offset: key.offset, size: key.size, bytes: Array(data),
                               errno: error?.rawValue ?? 0))
         }
+    }
+
+    /// Writes the running polling loop's length and end into its report entry.
+    func endPollingLoop(_ s: inout State) {
+        guard s.pollInLoop, let k = s.pollKey else { return }
+        let run = s.pollRun, last = s.pollLast
+        if var e = s.polls[k] {
+            e.longestRun = max(e.longestRun, run)
+            e.last = last
+            e.active = false
+            s.polls[k] = e
+        }
+        s.pollInLoop = false
     }
 
     /// Arms pending faults whose trigger this access (or the time) fired.
@@ -322,7 +335,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
             let gone = s.faults.filter { $0.spec.survivesReset != true }
             s.faults.removeAll { $0.spec.survivesReset != true }
             for i in s.faults.indices { s.faults[i].frozen.removeAll() }
-            if let k = s.pollKey { s.polls[k]?.active = false }
+            endPollingLoop(&s)
             s.pollKey = nil
             s.pollRun = 0
             releaseWorkIfUnheld(&s)

@@ -162,6 +162,11 @@ struct UnmodeledEntry {
     var writes: UInt64 = 0
     var first: UInt64
     var last: UInt64
+
+    mutating func count(write: Bool, at now: UInt64) {
+        if write { writes &+= 1 } else { reads &+= 1 }
+        last = now
+    }
 }
 
 struct PollEntry {
@@ -169,7 +174,7 @@ struct PollEntry {
     var loops = 0
     var first: UInt64
     var last: UInt64
-    var active = true
+    var active = false
 }
 
 /// Which bytes of a region a register or handler models.

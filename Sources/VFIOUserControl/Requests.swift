@@ -251,7 +251,17 @@ extension ControlledDevice {
 
     func pollReport() -> ([PollingLoop], Int) {
         state.withLock { s in
-            let loops = s.polls.sorted { ($0.key.region, $0.key.offset) < ($1.key.region, $1.key.offset) }.map {
+            var polls = s.polls
+            // The loop the guest is in right now, as it stands.
+            if s.pollInLoop, let k = s.pollKey {
+                if var e = polls[k] {
+                    e.longestRun = max(e.longestRun, s.pollRun)
+                    e.last = s.pollLast
+                    e.active = true
+                    polls[k] = e
+                }
+            }
+            let loops = polls.sorted { ($0.key.region, $0.key.offset) < ($1.key.region, $1.key.offset) }.map {
                 PollingLoop(region: RegionRef($0.key.region), offset: Num($0.key.offset), size: $0.key.size,
                             longestRun: $0.value.longestRun, loops: $0.value.loops, first: Clock.seconds($0.value.first),
                             last: Clock.seconds($0.value.last), active: $0.value.active)
