@@ -198,7 +198,7 @@ public final class PCIDevice: @unchecked Sendable {
     }
 
     /// The control plane's probe (docs/control.md), nil unless one is attached.
-    public var probe: (any DeviceProbe)? {
+    @_spi(Server) public var probe: (any DeviceProbe)? {
         get { lock.withLock { dma.probe } }
         set { lock.withLock { dma.probe = newValue; interrupts.probe = newValue } }
     }

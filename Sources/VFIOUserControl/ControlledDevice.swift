@@ -1,5 +1,5 @@
 import Glibc
-import PCICore
+@_spi(Server) import PCICore
 import Synchronization
 import VFIOUserProtocol
 import VFIOUserServer

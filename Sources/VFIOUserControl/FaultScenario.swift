@@ -1,6 +1,6 @@
 import DeviceSpecs
 import FoundationEssentials
-import PCICore
+@_spi(Server) import PCICore
 import VFIOUserProtocol
 
 /// The spec's optional `faults` section (docs/control.md): faults armed when the

@@ -1,4 +1,4 @@
-import PCICore
+@_spi(Server) import PCICore
 import VFIOUserProtocol
 
 /// A request refused: its error code (docs/control.md) and reason.

@@ -1,5 +1,5 @@
 import Glibc
-import PCICore
+@_spi(Server) import PCICore
 import TestSupport
 import Testing
 import VFIOUserClient

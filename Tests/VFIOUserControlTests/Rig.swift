@@ -1,6 +1,6 @@
 import DeviceSpecs
 import Glibc
-import PCICore
+@_spi(Server) import PCICore
 import TestSupport
 import Testing
 import VFIOUserClient

@@ -1,7 +1,7 @@
 import DeviceSpecs
 import FoundationEssentials
 import Glibc
-import PCICore
+@_spi(Server) import PCICore
 import TestSupport
 import Testing
 import VFIOUserClient

@@ -53,6 +53,27 @@ import VFIOUserTransport
         #expect(st == .exited(2) && out.contains("cannot connect"), "\(out)")
     }
 
+    @Test func oneControlSocketAddressesEveryDeviceOfTheProcessByName() throws {
+        let dir = makeTempDir("ctlmulti")
+        defer { removeTempDir(dir) }
+        let ctl = dir + "/c.sock"
+        let p = try VFUProcess(arguments: ["serve", specPath("default.json"), specPath("minimal.json"), "--socket-dir", dir,
+                                           "--control", ctl, "--log-level", "warning"], stderrPath: dir + "/serve.err")
+        defer { p.kill() }
+        var waited = 0
+        while !fileExists(ctl) && waited < 10_000 { sleepMs(10); waited += 10 }
+        var (st, out) = try vfu(["ctl", "--control", ctl, "--json", "devices"], dir: dir)
+        #expect(st == .exited(0) && out.contains("\"name\":\"default\"") && out.contains("\"name\":\"minimal\""), "\(out)")
+        (st, out) = try vfu(["ctl", "--control", ctl, "peek", "config", "2", "--length", "2"], dir: dir)
+        #expect(st == .exited(1) && out.contains("device-required"), "\(out)")
+        (st, out) = try vfu(["ctl", "--control", ctl, "--device", "minimal", "peek", "config", "2", "--length", "2"], dir: dir)
+        #expect(st == .exited(0) && out.hasPrefix("0x11"), "\(out)")
+        (st, out) = try vfu(["ctl", "--control", ctl, "--device", "default", "peek", "config", "2", "--length", "2"], dir: dir)
+        #expect(st == .exited(0) && out.hasPrefix("0x5"), "\(out)")
+        (st, out) = try vfu(["ctl", "--control", ctl, "--device", "nvme", "peek", "config", "2"], dir: dir)
+        #expect(st == .exited(1) && out.contains("unknown-device"), "\(out)")
+    }
+
     @Test func serveRefusesASpecWithABadFault() throws {
         let dir = makeTempDir("ctlspec")
         defer { removeTempDir(dir) }
