@@ -17,7 +17,10 @@ public final class ControlServer: Sendable {
     private struct State {
         var stopped = false
         var clients: [Int: LineSocket] = [:]
-        var threads: [pthread_t] = []
+        /// Live clients' threads, and those of clients that ended (joined by the accept loop).
+        var threads: [Int: pthread_t] = [:]
+        var finished: [pthread_t] = []
+        var ended: Set<Int> = []
         var next = 0
     }
     private let state = Mutex(State())
@@ -45,8 +48,8 @@ public final class ControlServer: Sendable {
     public func stop() {
         let (clients, threads) = state.withLock { s -> ([LineSocket], [pthread_t]) in
             s.stopped = true
-            defer { s.threads.removeAll() }
-            return (Array(s.clients.values), s.threads)
+            defer { s.threads.removeAll(); s.finished.removeAll() }
+            return (Array(s.clients.values), Array(s.threads.values) + s.finished)
         }
         listener.close()
         for c in clients { c.shutdown() }
@@ -55,6 +58,10 @@ public final class ControlServer: Sendable {
 
     private func acceptLoop() {
         while true {
+            // Threads of clients that have gone are joined here, so they do not pile up.
+            for t in state.withLock({ s -> [pthread_t] in defer { s.finished.removeAll() }; return s.finished }) {
+                pthread_join(t, nil)
+            }
             let sock: MessageSocket
             do { sock = try listener.accept() } catch {
                 if state.withLock({ $0.stopped }) { return }
@@ -79,10 +86,15 @@ public final class ControlServer: Sendable {
             guard let n else { client.close(); return }
             let t = startThread(name: "vfu-ctl-\(n)") { [self] in
                 serve(client)
-                state.withLock { _ = $0.clients.removeValue(forKey: n) }
+                state.withLock { s in
+                    _ = s.clients.removeValue(forKey: n)
+                    if let t = s.threads.removeValue(forKey: n) { s.finished.append(t) } else { s.ended.insert(n) }
+                }
                 client.close()
             }
-            state.withLock { $0.threads.append(t) }
+            state.withLock { s in
+                if s.ended.remove(n) != nil { s.finished.append(t) } else { s.threads[n] = t }
+            }
         }
     }
 
