@@ -1,7 +1,6 @@
 import FoundationEssentials
 import Glibc
 import Logging
-import Synchronization
 import VFIOUserProtocol
 import VFIOUserTransport
 
@@ -23,7 +22,7 @@ public final class ControlServer: Sendable {
         var ended: Set<Int> = []
         var next = 0
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Listens on `path` for clients that control `devices` (their names must differ).
     public init(path: String, devices: [ControlledDevice], logger: Logger = Logger(label: "vfu-ctl")) throws(TransportError) {

@@ -1,6 +1,5 @@
 import Glibc
 @_spi(Server) import PCICore
-import Synchronization
 import VFIOUserProtocol
 import VFIOUserServer
 import VFIOUserTransport
@@ -21,7 +20,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
     /// Indexed by region.
     let modeled: [ModeledMap]
     let limits: FaultLimits
-    private let serverBox = Mutex<VFIOUserServer?>(nil)
+    private let serverBox = Locked<VFIOUserServer?>(nil)
 
     struct State {
         var seq: UInt64 = 0
@@ -42,7 +41,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
         /// Work held by a stopWork hang fault.
         var workHeld = false
     }
-    let state = Mutex(State())
+    let state = Locked(State())
 
     /// Follows `device` under `name` (the spec's name, how control requests address it).
     public init(name: String, device: PCIDevice) {
