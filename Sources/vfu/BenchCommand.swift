@@ -90,7 +90,8 @@ struct BenchCommand: ParsableCommand {
                   + "\"control_rtt_per_s\":\(Int(median(r.control))),\"control_ratio\":\(fmt(median(r.controlRatios))),"
                   + "\"control_ratios\":[\(r.controlRatios.map(fmt).joined(separator: ","))],"
                   + "\"watched_rtt_per_s\":\(Int(median(r.watched))),\"watched_ratio\":\(fmt(median(r.watchedRatios))),"
-                  + "\"watched_ratios\":[\(r.watchedRatios.map(fmt).joined(separator: ","))],\"watch_events\":\(r.events)}")
+                  + "\"watched_ratios\":[\(r.watchedRatios.map(fmt).joined(separator: ","))],\"watch_events\":\(r.events),"
+                  + "\"control_best_chunk_ratio\":\(fmt(r.bestPlain / r.bestControl)),\"watched_best_chunk_ratio\":\(fmt(r.bestPlainW / r.bestWatched))}")
         } else {
             for i in 0..<runs {
                 print("run \(i + 1): plain \(Int(r.plain[i])) rt/s, --control \(Int(r.control[i])) rt/s, ratio \(fmt(r.controlRatios[i])); "
@@ -99,6 +100,8 @@ struct BenchCommand: ParsableCommand {
             print("median: plain \(Int(median(r.plain))) rt/s (\(fmt(1e6 / median(r.plain))) us/rt), --control without watcher "
                   + "\(Int(median(r.control))) rt/s, ratio \(fmt(median(r.controlRatios))); with a watcher \(Int(median(r.watched))) rt/s, "
                   + "ratio \(fmt(median(r.watchedRatios))) (\(r.events) events streamed)")
+            print("best 500-round-trip chunks: --control / plain \(fmt(r.bestPlain / r.bestControl)), "
+                  + "watched / plain \(fmt(r.bestPlainW / r.bestWatched))")
         }
     }
 
