@@ -9,7 +9,8 @@
 #   steps 5, 7: irq intx                        -> the guest's uio_pci_generic counts each
 #   (before the guest enabled anything: irq msix is refused with not-enabled)
 #   step 9: the guest wrote SCRATCH 0xa11ce001, 0xa11ce002, read 0x100, wrote 0xa11ce003:
-#           the watch log must hold those accesses in that order; polls/stats/unmodeled saved.
+#           the watch log must hold those accesses in that order; it read an unmodeled offset
+#           (0x200) and spun 20 reads on COMPLETIONS: the unmodeled and polls reports show them.
 # Prints PASS/FAIL lines (scripts/e2e_check.py --control) and "N passed, M failed".
 # Environment: VFU, LOG_DIR, BOOT_TIMEOUT, QEMU_ROOT, GUEST_DIR as for qemu-e2e.sh.
 set -euo pipefail
@@ -47,8 +48,8 @@ SERVER_PID=$!
 for _ in $(seq 150); do [ -S "$SOCK" ] && [ -S "$CTL" ] && break; sleep 0.1; done
 if ! [ -S "$CTL" ]; then echo "FAIL spec=control check=server-start: expected control socket got none"; echo "0 passed, 1 failed"; exit 1; fi
 host "ctl-mode=$(stat -c %a "$CTL")"
-# The guest's handshake polls SCRATCH a few times between host steps: a short loop counts.
-ctl polls --threshold 3 >/dev/null
+# The guest spins 20 reads on COMPLETIONS (step 9): a loop of more than 10 counts.
+ctl polls --threshold 10 >/dev/null
 
 ctl watch --kinds access,irq,dma,fault >"$WLOG" 2>>"$HLOG" &
 WATCH_PID=$!
