@@ -10,6 +10,7 @@
 //   PCICore            the vfio-pci-core equivalent: config space, regions, IRQs, DMA, reset, migration
 //   VFIOUserServer     connection lifecycle and message dispatcher
 //   DeviceSpecs        JSON device descriptions and their validation
+//   VFIOUserControl    the control plane: a JSON socket to poke, watch and fault a served device
 //   VariantDevices     IGD, NVLink2, Grace, migratable VF, ...: built on PCICore's public API only
 //   VFIOUserClient     client library (the VMM side)
 //   VFIOUserConformance protocol conformance checks against any vfio-user server
@@ -72,6 +73,11 @@ let package = Package(
             dependencies: ["PCICore", "DeviceSpecs", "VFIOUserProtocol", "VFIOUserTransport", "MigrationStream"],
             swiftSettings: strict),
         .target(
+            name: "VFIOUserControl",
+            dependencies: ["VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer", "DeviceSpecs",
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
             name: "VFIOUserClient",
             dependencies: ["VFIOUserProtocol", "VFIOUserTransport"],
             swiftSettings: strict),
@@ -89,7 +95,7 @@ let package = Package(
             name: "vfu",
             dependencies: [
                 "VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer",
-                "DeviceSpecs", "VariantDevices", "VFIOUserClient", "VFIOUserConformance",
+                "DeviceSpecs", "VariantDevices", "VFIOUserClient", "VFIOUserConformance", "VFIOUserControl",
                 "VFIOUserCapture", "VFIOUserProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -118,6 +124,11 @@ let package = Package(
         .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "CXXHash", "MigrationStream", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VFIOUserClientTests", dependencies: ["VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VFIOUserCaptureTests", dependencies: ["VFIOUserCapture", "VFIOUserProtocol", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "VFIOUserControlTests",
+            dependencies: ["VFIOUserControl", "VFIOUserServer", "VFIOUserClient", "VariantDevices", "DeviceSpecs", "PCICore",
+                           "VFIOUserTransport", "VFIOUserProtocol", "TestSupport"],
+            swiftSettings: strict),
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",

@@ -39,6 +39,7 @@
 #   VFU_PROXY=1                 put `vfu proxy --pcap --validate` between QEMU and the
 #                               server; tshark then checks the capture (LOG_DIR/NAME.pcapng)
 #                               with scripts/capture_check.py
+#   CONTROL (1)                  0 skips the control-plane check (scripts/e2e-control.sh)
 set -euo pipefail
 exec </dev/null
 
@@ -245,6 +246,20 @@ fi
 # ------------------------------------------------------------ two devices, one process
 if [ "${TWO_DEVICES:-1}" = 1 ]; then
   . "$SCRIPT_DIR/e2e-two-devices.sh"
+fi
+# ------------------------------------------------------------ the control plane
+# vfu serve --control and vfu ctl against a real guest.
+if [ "${CONTROL:-1}" = 1 ]; then
+  say "---- control plane (scripts/e2e-control.sh)"
+  T0=$SECONDS
+  CTL_LOG="$LOG_DIR/control.check.log"
+  set +e
+  E2E_INITRAMFS_DONE=1 VFU="$VFU" LOG_DIR="$LOG_DIR" "$SCRIPT_DIR/e2e-control.sh" >"$CTL_LOG" 2>&1
+  set -e
+  grep -E '^(PASS|FAIL) ' "$CTL_LOG" || true
+  count "$CTL_LOG"
+  if grep -q '^FAIL ' "$CTL_LOG"; then grep -v -E '^(PASS|FAIL|NOTE|SKIP) |passed, .* failed$' "$CTL_LOG" >&2 || true; fi
+  say "control plane done in $((SECONDS - T0))s"
 fi
 say "all specs done in $((SECONDS - T_ALL))s; logs in $LOG_DIR"
 echo "$PASSED passed, $FAILED failed"

@@ -34,7 +34,7 @@ public struct DeviceSpec: Sendable {
     /// Top-level keys the core understands.
     public static let coreKeys: Set<String> = [
         "name", "description", "variant", "ids", "express", "bars", "rom", "interrupts", "capabilities",
-        "extendedCapabilities", "registers", "doorbell", "reset",
+        "extendedCapabilities", "registers", "doorbell", "reset", "faults",
     ]
 
     /// Loads and validates a spec. `sectionKeys` are the extra top-level keys the

@@ -38,7 +38,8 @@ enum SpecParser {
             doorbell = DoorbellPlacement(bar: bar, offset: off)
         }
         var sections: [String: SpecNode] = [:]
-        for k in sectionKeys { if let n = top[k] { sections[k] = n } }
+        // `faults` is the control plane's (VFIOUserControl's FaultScenario parses it).
+        for k in sectionKeys.union(["faults"]) { if let n = top[k] { sections[k] = n } }
         // Whole-configuration checks the core performs (BAR overlap, MSI-X fit, capability layout).
         do { try c.validate() } catch {
             throw SpecError(file: root.file, field: error.subject, reason: error.reason)

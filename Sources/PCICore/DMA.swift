@@ -55,6 +55,8 @@ public final class DMAController: @unchecked Sendable {
     /// Bumped by every device reset: DMA started before a reset fails with ECANCELED.
     var resetGeneration: UInt64 = 0
     private var nextMappingID: UInt64 = 1
+    /// A control plane's fault injection and DMA events; nil unless one is attached.
+    var probe: (any DeviceProbe)?
 
     // MARK: DMA_MAP / DMA_UNMAP
 
@@ -143,6 +145,8 @@ public final class DMAController: @unchecked Sendable {
     private func admit(_ address: UInt64, _ count: Int, write: Bool, generation: UInt64?) throws(VFIOErrno) {
         if let generation, generation != resetGeneration { throw .ECANCELED }
         if let e = allowed() { throw e }
+        // An injected bus error (docs/control.md): one nil check when no probe is attached.
+        if let p = probe, let e = p.dmaWillStart(address: address, count: count, write: write) { throw e }
         guard count >= 0, address <= UInt64.max - UInt64(count) else { throw .EFAULT }
         var pos = address
         let end = address + UInt64(count)

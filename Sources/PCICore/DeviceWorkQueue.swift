@@ -26,6 +26,8 @@ public final class DeviceWorkQueue: @unchecked Sendable {
     private var running = false
     private var busy = false
     private var stopped = false
+    /// A hung device (docs/control.md): jobs stay queued until released.
+    private var held = false
     private var thread: pthread_t?
     private let name: String
     /// The device the jobs act on; weak so a queued job never keeps a device alive.
@@ -53,7 +55,7 @@ public final class DeviceWorkQueue: @unchecked Sendable {
     private func loop() {
         while true {
             lock.lock()
-            while head == jobs.count && !stopped {
+            while (head == jobs.count || held) && !stopped {
                 busy = false
                 lock.broadcast()  // wakes `waitUntilIdle`
                 lock.wait()
@@ -77,6 +79,23 @@ public final class DeviceWorkQueue: @unchecked Sendable {
                 job.body(DeviceJob(device: device, generation: job.generation))
             }
         }
+    }
+
+    /// Holds queued jobs (true) or lets them run again (false): the engine of a device
+    /// a control plane made hang. A held job a reset cancelled publishes nothing when
+    /// it finally runs (``DeviceJob``).
+    public func hold(_ on: Bool) {
+        lock.lock()
+        held = on
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    /// Whether jobs are being held (``hold(_:)``).
+    public var isHeld: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return held
     }
 
     /// Blocks until every job submitted so far has run (tests, orderly shutdown).

@@ -45,6 +45,8 @@ public final class InterruptController: @unchecked Sendable {
     /// Whether interrupts may be raised at all (migration STOP / P2P states forbid it).
     var raisingAllowed: @Sendable () -> Bool = { true }
     private var irqfdWatcher: IRQFDWatcher?
+    /// A control plane watching deliveries; nil unless one is attached.
+    var probe: (any DeviceProbe)?
     private var irqfds: IRQFDWatcher {
         if let w = irqfdWatcher { return w }
         let w = IRQFDWatcher { [weak self] key in
@@ -233,6 +235,7 @@ public final class InterruptController: @unchecked Sendable {
         guard let fd = indices[index].vectors[v].eventFD else { return }
         EventFD.signal(fd.rawValue)
         delivered[index] &+= 1
+        probe?.interruptSignalled(index: index, vector: v)
     }
 
     // MARK: Lifecycle

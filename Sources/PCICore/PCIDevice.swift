@@ -197,6 +197,12 @@ public final class PCIDevice: @unchecked Sendable {
         try lock.withLock { () throws(VFIOErrno) in try dma.write(address: address, data) }
     }
 
+    /// The control plane's probe (docs/control.md), nil unless one is attached.
+    @_spi(Server) public var probe: (any DeviceProbe)? {
+        get { lock.withLock { dma.probe } }
+        set { lock.withLock { dma.probe = newValue; interrupts.probe = newValue } }
+    }
+
     public var command: UInt16 { lock.withLock { config.load16(0x04) } }
     public var busMasterEnabled: Bool { command & Self.commandBusMaster != 0 }
 

@@ -244,4 +244,9 @@ public final class RegisterFile: RegionAccessHandler, @unchecked Sendable {
     }
 
     public func reset() { bytes = resetBytes }
+
+    /// Stores bytes ignoring the write mask: a control plane's raw poke (docs/control.md).
+    public func storeRaw(offset: Int, _ data: [UInt8]) {
+        for (i, b) in data.enumerated() where offset + i < bytes.count { bytes[offset + i] = b }
+    }
 }

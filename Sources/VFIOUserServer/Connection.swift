@@ -35,7 +35,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     private var deferred: [ReceivedMessage] = []
     // Set from any thread that fails to send on this connection.
     private let broken = Atomic<Bool>(false)
-    private var streamBroken: Bool {
+    var streamBroken: Bool {
         get { broken.load(ordering: .relaxed) }
         set { broken.store(newValue, ordering: .relaxed) }
     }
@@ -121,7 +121,15 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
             if !h.noReply { sendError(to: h, refused) }
             return
         }
-        let outcome = Dispatcher.handle(msg, on: self)
+        // A control plane sees every command (ServerHooks.swift); without one, one nil check.
+        if let hooks = options.hooks { dispatchHooked(msg, hooks); return }
+        deliver(Dispatcher.handle(msg, on: self), for: msg)
+    }
+
+    /// Sends what handling `msg` produced (or nothing, for NO_REPLY) and closes its
+    /// fds unless the device kept them.
+    func deliver(_ outcome: Outcome, for msg: ReceivedMessage) {
+        let h = msg.header
         switch outcome {
         case .reply(let payload, let fds, let consumedFDs):
             if !consumedFDs { msg.closeFDs() }

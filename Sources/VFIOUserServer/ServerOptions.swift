@@ -21,6 +21,8 @@ public struct ServerOptions: Sendable {
     public var migrationZeroCopy = true
     /// Sees every message in both directions (captures, validation, strict mode).
     public var observer: (any MessageObserver)?
+    /// A control plane watching and steering every command (docs/control.md); nil: none.
+    public var hooks: (any ServerHooks)?
 
     public init() {}
 

@@ -105,6 +105,19 @@ public final class VFIOUserServer: Sendable {
         for t in done { pthread_join(t, nil) }
     }
 
+    /// Drops (shuts down) every live connection whose session `matches`, as a
+    /// surprise removal would; returns how many. For a control plane (docs/control.md).
+    @discardableResult
+    public func dropConnections(where matches: (SessionID) -> Bool) -> Int {
+        let live = state.withLock { s in s.live.values.map(\.connection) }
+        let hit = live.filter { matches($0.session) }
+        for c in hit {
+            logger.notice("dropping connection \(c.number) (control plane)")
+            c.socket.shutdown()
+        }
+        return hit.count
+    }
+
     /// Starts serving on a background thread and returns at once.
     public func start(on listener: UnixListener) {
         spawnThread(name: "vfu-accept") { [self] in serve(on: listener) }

@@ -17,10 +17,17 @@ struct BenchCommand: ParsableCommand {
             nothing else, so both sides pay the same cross-process scheduling costs. It \
             prints both rates and their ratio (server / baseline) per run, then the \
             medians over --runs runs.
+
+            --control-compare SPEC instead starts two `vfu serve SPEC` processes, one with \
+            --control, and compares their round trips in the same run: first with nothing \
+            attached to the control socket, then with a watcher receiving every access.
             """)
 
     @Option(help: "The server's Unix socket.")
-    var socket: String
+    var socket: String?
+
+    @Option(help: "Compare `vfu serve SPEC` with and without --control (and with a watcher).")
+    var controlCompare: String?
 
     @Option(help: "Round trips per run.")
     var iterations = 20000
@@ -34,9 +41,15 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Measure what `vfu proxy` adds instead: 4-byte round trips and 1 MiB reads, direct and through a proxy.")
     var proxy = false
 
+    func validate() throws {
+        guard (socket == nil) != (controlCompare == nil) else { throw ValidationError("give one of --socket and --control-compare") }
+        guard iterations > 0, runs > 0 else { throw ValidationError("--iterations and --runs must be positive") }
+    }
+
     func run() throws {
-        if proxy { return try ProxyBench(socket: socket, iterations: iterations, runs: runs, json: json).run() }
-        let client = try VFIOUserClient(path: socket)
+        if let spec = controlCompare { return try compareControl(spec) }
+        if proxy { return try ProxyBench(socket: socket!, iterations: iterations, runs: runs, json: json).run() }
+        let client = try VFIOUserClient(path: socket!)
         defer { client.close() }
         let request = encodeMessage(MessageHeader(messageID: 1, command: .regionRead, messageSize: 0),
                                     payload: RegionAccess(offset: 0, region: RegionIndex.config.rawValue, count: 4))
@@ -76,6 +89,29 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
+    private func compareControl(_ spec: String) throws {
+        let r = try ControlComparison(spec: spec, iterations: iterations, runs: runs, time: { try self.seconds($0, $1, $2) }).run()
+        func median(_ x: [Double]) -> Double { let s = x.sorted(); return s[s.count / 2] }
+        if json {
+            print("{\"iterations\":\(iterations),\"runs\":\(runs),\"plain_rtt_per_s\":\(Int(median(r.plain))),"
+                  + "\"control_rtt_per_s\":\(Int(median(r.control))),\"control_ratio\":\(fmt(median(r.controlRatios))),"
+                  + "\"control_ratios\":[\(r.controlRatios.map(fmt).joined(separator: ","))],"
+                  + "\"watched_rtt_per_s\":\(Int(median(r.watched))),\"watched_ratio\":\(fmt(median(r.watchedRatios))),"
+                  + "\"watched_ratios\":[\(r.watchedRatios.map(fmt).joined(separator: ","))],\"watch_events\":\(r.events),"
+                  + "\"control_best_chunk_ratio\":\(fmt(r.bestPlain / r.bestControl)),\"watched_best_chunk_ratio\":\(fmt(r.bestPlainW / r.bestWatched))}")
+        } else {
+            for i in 0..<runs {
+                print("run \(i + 1): plain \(Int(r.plain[i])) rt/s, --control \(Int(r.control[i])) rt/s, ratio \(fmt(r.controlRatios[i])); "
+                      + "watched \(Int(r.watched[i])) rt/s, ratio \(fmt(r.watchedRatios[i]))")
+            }
+            print("median: plain \(Int(median(r.plain))) rt/s (\(fmt(1e6 / median(r.plain))) us/rt), --control without watcher "
+                  + "\(Int(median(r.control))) rt/s, ratio \(fmt(median(r.controlRatios))); with a watcher \(Int(median(r.watched))) rt/s, "
+                  + "ratio \(fmt(median(r.watchedRatios))) (\(r.events) events streamed)")
+            print("best 500-round-trip chunks: --control / plain \(fmt(r.bestPlain / r.bestControl)), "
+                  + "watched / plain \(fmt(r.bestPlainW / r.bestWatched))")
+        }
+    }
+
     /// Starts `vfu bench-echo` on the socket `fd` (passed as fd 3).
     private func spawnEcho(fd: Int32) throws -> pid_t {
         var actions = posix_spawn_file_actions_t()
@@ -99,14 +135,19 @@ struct BenchCommand: ParsableCommand {
 
     /// Round trips per second of `request` on `sock`.
     private func rate(_ sock: MessageSocket, _ request: [UInt8]) throws -> Double {
+        Double(iterations) / (try seconds(sock, request, iterations))
+    }
+
+    /// Seconds for `n` round trips of `request` on `sock`.
+    private func seconds(_ sock: MessageSocket, _ request: [UInt8], _ n: Int) throws -> Double {
         let start = now()
-        for _ in 0..<iterations {
+        for _ in 0..<n {
             try sock.send(request)
             guard let r = try sock.receive(maxMessageSize: 1 << 16, maxFDs: 0), r.bytes.count == 36 else {
                 throw ValidationError("unexpected reply during the benchmark")
             }
         }
-        return Double(iterations) / (now() - start)
+        return now() - start
     }
 
     private func now() -> Double {

@@ -2,6 +2,7 @@ import ArgumentParser
 import DeviceSpecs
 @_spi(Server) import PCICore
 import VariantDevices
+import VFIOUserControl
 
 struct CheckSpecCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,6 +28,8 @@ struct CheckSpecCommand: ParsableCommand {
                 let spec = try registry.loadSpec(path: path)
                 let binding = try registry.bind(spec)
                 let device = try binding.driver.build(spec)
+                // The spec's fault scenarios (docs/control.md) are checked against the device.
+                _ = try FaultScenario.parse(spec, limits: ControlledDevice.limits(of: device))
                 if effective {
                     print(Self.effectiveJSON(device.configuration, variant: binding.driver.name))
                 } else {

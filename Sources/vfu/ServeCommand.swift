@@ -4,6 +4,7 @@ import Glibc
 import Logging
 @_spi(Server) import PCICore
 import VariantDevices
+import VFIOUserControl
 import VFIOUserServer
 import VFIOUserTransport
 
@@ -30,6 +31,11 @@ struct ServeCommand: ParsableCommand {
 
             --fd N serves an already listening Unix stream socket; anything else exits \
             with status 2.
+
+            --control PATH opens a second socket (mode 0600, owner only) for `vfu ctl`: \
+            peek and poke registers, raise interrupts, inject faults, watch every access \
+            (docs/control.md), the devices addressed by their spec's name. Each spec's \
+            `faults` section is armed at start.
             """)
 
     @Argument(help: "Device specs (JSON), e.g. specs/default.json.")
@@ -57,6 +63,9 @@ struct ServeCommand: ParsableCommand {
     var maxDataXferSize: Int = 1 << 20
 
     @OptionGroup var recording: ServeRecordingOptions
+
+    @Option(help: "Also listen on this Unix socket for control requests (vfu ctl; docs/control.md).")
+    var control: String?
 
     func validate() throws {
         guard !specs.isEmpty else { throw ValidationError("give at least one spec") }
@@ -104,7 +113,27 @@ struct ServeCommand: ParsableCommand {
             printError("vfu: error: \(error.message)")
             throw ExitCode(2)
         }
-        let devices = try buildDevices(logger: logger)
+        let built = try buildDevices(logger: logger)
+        let devices = built.map(\.device)
+        // The control plane, attached before anything listens (docs/control.md).
+        var controlled: [ControlledDevice] = []
+        if control != nil {
+            let names = devices.map(\.configuration.name)
+            if let dup = Dictionary(grouping: names, by: { $0 }).first(where: { $0.value.count > 1 }) {
+                printError("vfu: error: two devices are named '\(dup.key)': --control addresses devices by their spec's name")
+                throw ExitCode(2)
+            }
+            for (device, scenario) in built {
+                let c = ControlledDevice(name: device.configuration.name, device: device)
+                do { try c.arm(scenario) } catch {
+                    printError("vfu: error: \(device.configuration.name): \(error)")
+                    throw ExitCode(2)
+                }
+                controlled.append(c)
+            }
+        } else if built.contains(where: { !$0.scenario.faults.isEmpty }) {
+            logger.warning("a spec's faults section is armed only with --control")
+        }
 
         // Listen on every socket, or on none.
         var listeners: [UnixListener] = []
@@ -129,12 +158,23 @@ struct ServeCommand: ParsableCommand {
             throw ExitCode(1)
         }
         let servers = zip(devices, specs).enumerated().map { i, pair in
-            let (device, spec) = pair
             var l = logger
-            if specs.count > 1 { l[metadataKey: "dev"] = "\(Self.socketName(spec))" }
+            if specs.count > 1 { l[metadataKey: "dev"] = "\(Self.socketName(pair.1))" }
             var o = options
+            o.hooks = controlled.isEmpty ? nil : controlled[i]
             o.observer = recorder?.observer(device: i)
-            return VFIOUserServer(device: device, options: o, logger: l)
+            return VFIOUserServer(device: pair.0, options: o, logger: l)
+        }
+        var controlServer: ControlServer? = nil
+        if let control {
+            for (c, server) in zip(controlled, servers) { c.attach(server: server) }
+            do { controlServer = try ControlServer(path: control, devices: controlled, logger: logger) } catch {
+                printError("vfu: error: --control \(control): \(error)")
+                for l in listeners { l.close() }
+                throw ExitCode(1)
+            }
+            controlServer?.start()
+            logger.info("control socket on \(control)")
         }
         let signalSet = set
         spawnThread(name: "vfu-signals") {
@@ -154,23 +194,27 @@ struct ServeCommand: ParsableCommand {
         // Reached after stop() (a signal) or when the first listener became unusable:
         // close every connection, join the threads, end the devices' work, remove the sockets.
         for server in servers { server.stop() }
-        for d in devices { d.stopWork() }
+        controlServer?.stop()
+        for d in devices { d.work.hold(false); d.stopWork() }
         for l in listeners { l.close() }
         logger.info("stopped")
         if !signalled { throw ExitCode(1) }
     }
 
     /// Validates every spec and builds every device before anything listens.
-    private func buildDevices(logger: Logger) throws -> [PCIDevice] {
+    /// Each with its spec's fault scenarios, checked against the built device (so a bad
+    /// one exits 2 naming file, field and reason like any other spec error).
+    private func buildDevices(logger: Logger) throws -> [(device: PCIDevice, scenario: FaultScenario)] {
         let registry = VariantRegistry.standard
-        var devices: [PCIDevice] = []
+        var devices: [(device: PCIDevice, scenario: FaultScenario)] = []
         for (i, path) in specs.enumerated() {
             do {
                 let spec = try registry.loadSpec(path: path)
                 let binding = try registry.bind(spec, override: variant.isEmpty ? nil : variant[i])
                 for s in binding.skipped { logger.debug("variant \(s.name) not bound to \(path): \(s.reason)") }
                 logger.info("\(path): variant \(binding.driver.name) bound (\(binding.reason))")
-                devices.append(try binding.driver.build(spec))
+                let device = try binding.driver.build(spec)
+                devices.append((device, try FaultScenario.parse(spec, limits: ControlledDevice.limits(of: device))))
             } catch {
                 printError("vfu: error: \(error)")
                 throw ExitCode(2)
