@@ -16,6 +16,8 @@ set -e
 grep -E 'warning:|error:' /tmp/vfu-swift-build.log | sort -u || true
 tail -n 1 /tmp/vfu-swift-build.log
 [ "$status" -eq 0 ] || { echo "swift build failed (status $status); full log: /tmp/vfu-swift-build.log"; exit "$status"; }
+echo "== benchmark C sources compile (scripts/bench; the benchmarks themselves are not run here)"
+for c in scripts/bench/*.c; do cc -O2 -Wall -Werror -fsyntax-only "$c"; done
 echo "== swift test"
 set +e
 swift test >/tmp/vfu-swift-test.log 2>&1

@@ -36,6 +36,12 @@ int vfu_send_all2(int sock, const void *a, size_t alen, const void *b, size_t bl
 ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
                        int *extra_fds, int *ctrunc);
 
+/// One recvmsg(2) of up to len bytes (retried on EINTR), collecting SCM_RIGHTS fds
+/// like vfu_recv_exact: the buffered reader's single receive call per small message.
+/// Returns the bytes received (0 at EOF), or -1 with errno.
+ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
+                      int *extra_fds, int *ctrunc);
+
 /// recv exactly len bytes without ancillary data. Returns bytes read (< len at EOF) or -1.
 ssize_t vfu_read_exact(int sock, void *buf, size_t len);
 
