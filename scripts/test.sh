@@ -43,6 +43,8 @@ set -e
 grep -E 'warning:|error:' "$LOG_DIR/swift-build.log" | sort -u || true
 tail -n 1 "$LOG_DIR/swift-build.log"
 [ "$status" -eq 0 ] || { echo "swift build failed (status $status); full log: $LOG_DIR/swift-build.log"; exit "$status"; }
+echo "== benchmark C sources compile (scripts/bench; the benchmarks themselves are not run here)"
+for c in scripts/bench/*.c; do cc -O2 -Wall -Werror -fsyntax-only "$c"; done
 echo "== swift test"
 set +e
 swift test >"$LOG_DIR/swift-test.log" 2>&1

@@ -237,3 +237,39 @@ void vfu_restore_sigpipe(int was_blocked) {
     while (sigtimedwait(&set, NULL, &zero) == SIGPIPE) {}
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
+
+// The server's buffered reader: like vfu_recv_some, but counts the fds past max_fds
+// (closed) in *extra_fds, so the message they rode with can be refused.
+ssize_t vfu_recv_buffered(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
+                      int *extra_fds, int *ctrunc) {
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * VFU_MAX_CMSG_FDS)];
+        struct cmsghdr align;
+    } control;
+    *nfds = 0; *extra_fds = 0; *ctrunc = 0;
+    struct iovec iov = { buf, len };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    if (msg.msg_controllen > 0) {
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *data = (int *)CMSG_DATA(c);
+            for (int i = 0; i < count; i++) {
+                int fd;
+                memcpy(&fd, data + i, sizeof fd);
+                if (*nfds < max_fds) fds[(*nfds)++] = fd;
+                else { close(fd); (*extra_fds)++; }
+            }
+        }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) *ctrunc = 1;
+    return n;
+}

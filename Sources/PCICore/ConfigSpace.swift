@@ -28,6 +28,9 @@ public final class ConfigSpace: @unchecked Sendable {
     public private(set) var writeMask: [UInt8]
     public private(set) var w1cMask: [UInt8]
     private var hooks: [Int: [Hook]] = [:]
+    /// Whether each dword (offset / 4) has a read hook, so a client read looks up
+    /// `hooks` only for the dwords that need it (the hot path reads plain bytes).
+    private var readHooked: [Bool]
     private var powerOn: (bytes: [UInt8], writeMask: [UInt8], w1cMask: [UInt8])?
 
     public init(size: Int) {
@@ -36,6 +39,7 @@ public final class ConfigSpace: @unchecked Sendable {
         bytes = [UInt8](repeating: 0, count: size)
         writeMask = bytes
         w1cMask = bytes
+        readHooked = [Bool](repeating: false, count: size / 4)
     }
 
     // MARK: Building
@@ -66,6 +70,7 @@ public final class ConfigSpace: @unchecked Sendable {
     public func intercept(dword offset: Int, _ hook: Hook) {
         precondition(offset >= 0 && offset < size)
         hooks[offset & ~3, default: []].append(hook)
+        if hook.read != nil { readHooked[offset >> 2] = true }
     }
 
     /// Records the current contents as the power-on state that `reset()` restores.
@@ -101,20 +106,30 @@ public final class ConfigSpace: @unchecked Sendable {
     /// A client read: bounds-checked, hooks applied.
     public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         guard count >= 0, offset <= UInt64(size), UInt64(count) <= UInt64(size) - offset else { throw .EINVAL }
+        return try [UInt8](unsafeUninitializedCapacity: count) { (buf, n) throws(VFIOErrno) in
+            try read(offset: offset, into: UnsafeMutableRawBufferPointer(buf))
+            n = count
+        }
+    }
+
+    /// A client read into `buffer` (its whole length): bounds-checked, hooks applied,
+    /// nothing allocated.
+    public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
+        let count = buffer.count
+        guard offset <= UInt64(size), UInt64(count) <= UInt64(size) - offset else { throw .EINVAL }
+        guard count > 0 else { return }
         let o = Int(offset)
-        var out = Array(bytes[o..<(o + count)])
-        if hooks.isEmpty { return out }
+        bytes.withUnsafeBytes { src in buffer.baseAddress!.copyMemory(from: src.baseAddress! + o, byteCount: count) }
         var d = o & ~3
         while d < o + count {
-            if let hs = hooks[d], hs.contains(where: { $0.read != nil }) {
+            if readHooked[d >> 2] {
                 let v = effectiveDword(d)
                 for lane in 0..<4 where d + lane >= o && d + lane < o + count {
-                    out[d + lane - o] = UInt8(truncatingIfNeeded: v >> UInt32(8 * lane))
+                    buffer[d + lane - o] = UInt8(truncatingIfNeeded: v >> UInt32(8 * lane))
                 }
             }
             d += 4
         }
-        return out
     }
 
     /// A client write: each byte changes only where its write mask allows; W1C bits

@@ -84,9 +84,7 @@ public final class PCIDevice: @unchecked Sendable {
         try buildCapabilities()
         regions[Int(RegionIndex.config.rawValue)] = Region(
             index: RegionIndex.config.rawValue, size: UInt64(config.size),
-            backing: .handler(ClosureRegionHandler(
-                read: { [unowned self] o, n throws(VFIOErrno) in try self.config.read(offset: o, count: n) },
-                write: { [unowned self] o, d throws(VFIOErrno) in try self.config.write(offset: o, data: d) })))
+            backing: .handler(ConfigRegionHandler(config)))
         wireInterrupts()
         config.sealPowerOnState()
         work.device = self
@@ -304,6 +302,50 @@ public final class PCIDevice: @unchecked Sendable {
             guard r.readable else { throw .EINVAL }
             if count == 0 { return [] }
             return try r.read(offset: offset, count: count)
+        }
+    }
+
+    /// Reads `buffer.count` bytes of region `index` at `offset` into `buffer`, with the
+    /// same checks as `readRegion`; nothing is allocated for config, register and RAM
+    /// regions (the REGION_READ hot path).
+    @_spi(Server) public func readRegion(index: UInt32, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
+        try lock.withLock { () throws(VFIOErrno) in
+            let r = try accessibleRegion(index, offset, buffer.count)
+            guard r.readable else { throw .EINVAL }
+            if buffer.isEmpty { return }
+            try r.read(offset: offset, into: buffer)
+        }
+    }
+
+    /// For an access to a RAM-backed region: checks it as `readRegion`/`writeRegion`
+    /// would and returns the memory, so the caller moves the bytes itself (a reply sent
+    /// straight from it, a write's data received straight into it) without the device
+    /// lock, as a client that maps the region would. nil when the region is not plain
+    /// memory: use `readRegion`/`writeRegion` then.
+    @_spi(Server) public func regionMemory(index: UInt32, offset: UInt64, count: Int, write: Bool) throws(VFIOErrno) -> SharedMemory? {
+        try lock.withLock { () throws(VFIOErrno) in
+            guard Int(index) < regions.count, let r = regions[Int(index)], case .memory(let m) = r.backing else { return nil }
+            _ = try accessibleRegion(index, offset, count)
+            guard write ? r.writable : r.readable else { throw .EINVAL }
+            guard offset + UInt64(count) <= UInt64(m.size) else { throw .EINVAL }
+            return m
+        }
+    }
+
+    /// The REGION_READ hot path in one lock: for a RAM-backed region, checks the access
+    /// and returns the memory (as `regionMemory`) without reading; otherwise reads
+    /// `buffer.count` bytes into `buffer` (as `readRegion(index:offset:into:)`) and
+    /// returns nil.
+    @_spi(Server) public func readRegionOrMemory(index: UInt32, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) -> SharedMemory? {
+        try lock.withLock { () throws(VFIOErrno) in
+            let r = try accessibleRegion(index, offset, buffer.count)
+            guard r.readable else { throw .EINVAL }
+            if case .memory(let m) = r.backing {
+                guard offset + UInt64(buffer.count) <= UInt64(m.size) else { throw .EINVAL }
+                return m
+            }
+            if !buffer.isEmpty { try r.read(offset: offset, into: buffer) }
+            return nil
         }
     }
 

@@ -1,3 +1,4 @@
+import Glibc
 import VFIOUserProtocol
 import VFIOUserTransport
 
@@ -9,6 +10,29 @@ import VFIOUserTransport
 public protocol RegionAccessHandler: AnyObject, Sendable {
     func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8]
     func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno)
+    /// Reads `buffer.count` bytes into `buffer`. The REGION_READ hot path calls this so
+    /// that a reply needs no array; the default goes through `read(offset:count:)`,
+    /// so handlers that store their bytes override it to copy them straight out.
+    func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno)
+}
+
+extension RegionAccessHandler {
+    public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
+        let b = try read(offset: offset, count: buffer.count)
+        guard b.count >= buffer.count else { throw .EIO }
+        b.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<buffer.count])) }
+    }
+}
+
+/// The config-space region: client accesses with the write policy and hooks.
+final class ConfigRegionHandler: RegionAccessHandler, @unchecked Sendable {
+    unowned let config: ConfigSpace
+    init(_ config: ConfigSpace) { self.config = config }
+    func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] { try config.read(offset: offset, count: count) }
+    func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
+        try config.read(offset: offset, into: buffer)
+    }
+    func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) { try config.write(offset: offset, data: data) }
 }
 
 /// A region handler made of closures, for small variant registers.
@@ -136,6 +160,14 @@ public struct Region: Sendable {
         }
     }
 
+    func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
+        switch backing {
+        case .handler(let h): try h.read(offset: offset, into: buffer)
+        case .memory(let m): guard m.mapping.read(at: offset, into: buffer) else { throw .EINVAL }
+        case .composite(let mux): try mux.read(offset: offset, into: buffer)
+        }
+    }
+
     func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         switch backing {
         case .handler(let h): try h.write(offset: offset, data: data)
@@ -196,6 +228,13 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
         return out
     }
 
+    public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
+        if entries.isEmpty { return try fallback.read(offset: offset, into: buffer) }
+        try pieces(offset: offset, count: buffer.count) { (h, o, at, n) throws(VFIOErrno) in
+            try h.read(offset: o, into: UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + n)]))
+        }
+    }
+
     public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         if entries.isEmpty { return try fallback.write(offset: offset, data: data) }
         let base = data.startIndex
@@ -207,46 +246,84 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
 
 /// Plain registers with a per-bit write mask: what a spec's `registers` list builds.
 /// Bytes with no register read as zero and ignore writes.
+///
+/// The bytes and their masks live in an anonymous private mapping: zero pages the
+/// kernel provides on first touch, so a large register BAR (IGD's and Grace's are
+/// 16 MiB, almost all of it empty) costs neither start-up time nor memory.
 public final class RegisterFile: RegionAccessHandler, @unchecked Sendable {
-    // Guarded by the device lock.
-    public private(set) var bytes: [UInt8]
-    public private(set) var writeMask: [UInt8]
-    private var resetBytes: [UInt8]
+    public let size: Int
+    // Guarded by the device lock: [0, size) the bytes, [size, 2 size) their write masks.
+    private let storage: UnsafeMutablePointer<UInt8>
+    private let mapped: Int
+    /// The defined registers' power-on values, which `reset` restores. Only they can
+    /// change (every other byte has an empty write mask), so a reset, like a define,
+    /// costs what the registers cost, not the file's size.
+    private var powerOn: [(offset: Int, width: Int, value: UInt64)] = []
 
     public init(size: Int) {
-        bytes = [UInt8](repeating: 0, count: size)
-        writeMask = bytes
-        resetBytes = bytes
+        self.size = size
+        mapped = max(2 * size, 1)
+        let p = mmap(nil, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let p, p != MAP_FAILED else { fatalError("RegisterFile: cannot map \(mapped) bytes: errno \(errno)") }
+        storage = p.assumingMemoryBound(to: UInt8.self)
     }
+
+    deinit { munmap(storage, mapped) }
+
+    /// A copy of the register bytes.
+    public var bytes: [UInt8] { Array(UnsafeBufferPointer(start: storage, count: size)) }
+    /// A copy of the write masks.
+    public var writeMask: [UInt8] { Array(UnsafeBufferPointer(start: storage + size, count: size)) }
 
     /// Defines a register's power-on value and which bits software may change.
     public func define(offset: Int, width: Int, value: UInt64, writeMask mask: UInt64) {
-        for i in 0..<width where offset + i < bytes.count {
-            bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i)))
-            writeMask[offset + i] = UInt8(truncatingIfNeeded: mask >> (8 * UInt64(i)))
+        // A register nobody could ever change (no write mask, now or before) need not be restored.
+        var changeable = mask != 0
+        for i in 0..<width where offset + i < size && storage[size + offset + i] != 0 { changeable = true }
+        for i in 0..<width where offset + i < size {
+            storage[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i)))
+            storage[size + offset + i] = UInt8(truncatingIfNeeded: mask >> (8 * UInt64(i)))
         }
-        resetBytes = bytes
+        if changeable { powerOn.append((offset, width, value)) }
     }
 
     public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
-        let o = Int(offset)
-        guard o + count <= bytes.count else { throw .EINVAL }
-        return Array(bytes[o..<(o + count)])
+        guard offset <= UInt64(size), count >= 0, count <= size - Int(offset) else { throw .EINVAL }
+        return Array(UnsafeBufferPointer(start: storage + Int(offset), count: count))
+    }
+
+    public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
+        guard offset <= UInt64(size), buffer.count <= size - Int(offset) else { throw .EINVAL }
+        if buffer.isEmpty { return }
+        buffer.baseAddress!.copyMemory(from: storage + Int(offset), byteCount: buffer.count)
     }
 
     public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
+        guard offset <= UInt64(size), data.count <= size - Int(offset) else { throw .EINVAL }
         let o = Int(offset)
-        guard o + data.count <= bytes.count else { throw .EINVAL }
-        for (i, b) in data.enumerated() {
-            let m = writeMask[o + i]
-            bytes[o + i] = (bytes[o + i] & ~m) | (b & m)
+        var i = o
+        for b in data {
+            let m = storage[size + i]
+            storage[i] = (storage[i] & ~m) | (b & m)
+            i += 1
         }
     }
 
-    public func reset() { bytes = resetBytes }
+    public func reset() {
+        for r in powerOn {
+            for i in 0..<r.width where r.offset + i < size {
+                storage[r.offset + i] = UInt8(truncatingIfNeeded: r.value >> (8 * UInt64(i)))
+            }
+        }
+    }
 
     /// Stores bytes ignoring the write mask: a control plane's raw poke (docs/control.md).
+    /// A byte no write could change is remembered, so a reset still restores it.
     public func storeRaw(offset: Int, _ data: [UInt8]) {
-        for (i, b) in data.enumerated() where offset + i < bytes.count { bytes[offset + i] = b }
+        for (i, b) in data.enumerated() where offset + i < size {
+            let at = offset + i
+            if storage[size + at] == 0 { powerOn.append((offset: at, width: 1, value: UInt64(storage[at]))) }
+            storage[at] = b
+        }
     }
 }

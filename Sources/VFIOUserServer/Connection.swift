@@ -33,6 +33,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     private let pending = Locked<(next: UInt16, waiters: [UInt16: Completion<ReceivedMessage?>], closed: Bool)>((1, [:], false))
     // Reader thread only.
     private var deferred: [ReceivedMessage] = []
+    let inPlace = InPlaceScratch()
     // Set from any thread that fails to send on this connection.
     private let broken = Atomic<Bool>(false)
     var streamBroken: Bool {
@@ -60,6 +61,8 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         logger.info("client connected")
         defer { finish() }
         while !streamBroken {
+            // Region accesses are served in the receive buffer (InPlaceAccess.swift).
+            if deferred.isEmpty && serveInPlace() { continue }
             guard let msg = nextMessage() else { break }
             if options.trace { logger.info("← \(traceDescription(header: msg.header, payload: Array(msg.payload)))") }
             let h = msg.header

@@ -47,11 +47,27 @@ public enum ReceiveError: Error, Equatable, CustomStringConvertible {
 /// Receiving is single-threaded by contract (one reader per connection). Sending is
 /// serialized internally, so replies and server-initiated requests may be sent from
 /// different threads without interleaving bytes.
-public final class MessageSocket: Sendable {
+///
+/// Receiving is buffered: one recvmsg takes as much as has arrived (up to
+/// `receiveBufferSize`), so a small request costs one system call, header and body
+/// together, and requests that arrive together cost one between them. The hot path
+/// (`peekMessage`, `buffered`, `consumeMessage`, `receiveBody(into:)`) works on the
+/// buffer in place; `receive` copies a message out of it.
+public final class MessageSocket: @unchecked Sendable {
     public let fd: OwnedFD
     private let sendLock = Locked(())
+    // The receive side: the reader thread only.
+    private let rx: ReceiveBuffer
 
-    public init(fd: OwnedFD) { self.fd = fd }
+    /// Large enough for every small request and the start of a large one (whose
+    /// body a caller may receive straight into place); larger messages are read
+    /// past the buffer.
+    public static let receiveBufferSize = 16 << 10
+
+    public init(fd: OwnedFD) {
+        self.fd = fd
+        rx = ReceiveBuffer(capacity: Self.receiveBufferSize)
+    }
 
     public static func connect(path: String) throws(TransportError) -> MessageSocket {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -70,66 +86,147 @@ public final class MessageSocket: Sendable {
         return (MessageSocket(fd: OwnedFD(fds[0])), MessageSocket(fd: OwnedFD(fds[1])))
     }
 
+    // MARK: Receiving
+
     /// Receives one whole message. Returns nil when the peer closed cleanly between
     /// messages. fds beyond `maxFDs` are closed and reported as `tooManyFDs` after
     /// the body has been consumed, so the stream stays in sync.
     public func receive(maxMessageSize: Int, maxFDs: Int) throws(ReceiveError) -> ReceivedMessage? {
-        let sock = fd.rawValue
-        let fdCapacity = max(maxFDs, 0)
-        // Header and fd array live on the stack: the message's own buffer is the only
-        // allocation on this path.
-        var nfds: Int32 = 0, extra: Int32 = 0, ctrunc: Int32 = 0
-        var h = (UInt64(0), UInt64(0))
-        var fds: [OwnedFD] = []
-        let n: Int = withUnsafeMutableBytes(of: &h) { hb in
-            withUnsafeTemporaryAllocation(of: Int32.self, capacity: max(fdCapacity, 1)) { fb in
-                let r = vfu_recv_exact(sock, hb.baseAddress, MessageHeader.size, fb.baseAddress, Int32(fdCapacity), &nfds, &extra, &ctrunc)
-                if nfds > 0 { fds = (0..<Int(nfds)).map { OwnedFD(fb[$0]) } }
-                return r
-            }
-        }
-        if n < 0 { throw .transport(.system("recvmsg", errno)) }
-        if ctrunc != 0 { for f in fds { f.close() }; throw .transport(.controlTruncated) }
-        if n == 0 { return nil }
-        if n < MessageHeader.size { throw .transport(.truncated(expected: MessageHeader.size, received: n)) }
-        let header = withUnsafeBytes(of: &h) { raw in
-            MessageHeader(messageID: raw.loadUnaligned(fromByteOffset: 0, as: UInt16.self).littleEndian,
-                          command: Command(raw.loadUnaligned(fromByteOffset: 2, as: UInt16.self).littleEndian),
-                          messageSize: raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self).littleEndian,
-                          flags: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian,
-                          errorNumber: raw.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian)
-        }
-        do { try header.validateFraming(maxMessageSize: maxMessageSize) } catch {
-            for f in fds { f.close() }
-            if case .invalid(let why) = error { throw .framing(header, why) }
-            throw .framing(header, "\(error)")
-        }
+        guard let peeked = try peekMessage(maxMessageSize: maxMessageSize, maxFDs: maxFDs, prefix: Int.max) else { return nil }
+        let header = peeked.header
         let total = Int(header.messageSize)
-        var readError: Int32 = 0
-        var got = 0
-        let bytes = [UInt8](unsafeUninitializedCapacity: total) { buf, count in
-            withUnsafeBytes(of: &h) { hb in
-                UnsafeMutableRawBufferPointer(buf).copyMemory(from: UnsafeRawBufferPointer(rebasing: hb[0..<MessageHeader.size]))
-            }
-            if total > MessageHeader.size {
-                let r = vfu_read_exact(sock, buf.baseAddress! + MessageHeader.size, total - MessageHeader.size)
+        let (fds, extra) = rx.takeFDs()
+        var bytes: [UInt8]
+        if rx.available >= total {
+            bytes = Array(rx.current(total))
+            rx.consume(total)
+        } else {
+            // Longer than the buffer: the buffered part, then the rest straight into the array.
+            let have = rx.available
+            var readError: Int32 = 0, got = 0
+            bytes = [UInt8](unsafeUninitializedCapacity: total) { buf, count in
+                let raw = UnsafeMutableRawBufferPointer(buf)
+                rx.copyCurrent(have, to: raw.baseAddress!)
+                let r = vfu_read_exact(fd.rawValue, raw.baseAddress! + have, total - have)
                 if r < 0 { readError = errno } else { got = r }
+                count = total
             }
-            count = total
-        }
-        if total > MessageHeader.size {
+            rx.consume(have)
+            rx.skipStream(max(got, 0))
             if readError != 0 { for f in fds { f.close() }; throw .transport(.system("recv", readError)) }
-            if got < total - MessageHeader.size {
+            if got < total - have {
                 for f in fds { f.close() }
-                throw .transport(.truncated(expected: total, received: MessageHeader.size + got))
+                throw .transport(.truncated(expected: total, received: have + got))
             }
         }
         if extra > 0 {
             for f in fds { f.close() }
-            throw .tooManyFDs(header, received: Int(nfds + extra), limit: maxFDs)
+            throw .tooManyFDs(header, received: fds.count + extra, limit: maxFDs)
         }
         return ReceivedMessage(header: header, bytes: bytes, fds: fds)
     }
+
+    /// The next message's header, with at least `min(prefix, its size)` of its bytes
+    /// in the buffer (as many as fit), without consuming it; nil at a clean EOF.
+    /// `hasFDs` says whether fds came with it (then take it with `receive`).
+    /// Framing errors are thrown as by `receive`, with the message's fds closed.
+    public func peekMessage(maxMessageSize: Int, maxFDs: Int, prefix: Int) throws(ReceiveError) -> (header: MessageHeader, hasFDs: Bool)? {
+        let maxFDs = max(maxFDs, 0)
+        // A stream that failed stays failed: whoever peeks next hears of it too.
+        if let failure = rx.failure { throw failure }
+        while rx.available < MessageHeader.size {
+            let n = try fill(maxFDs: maxFDs)
+            if n == 0 {
+                if rx.available == 0 { rx.closeAllFDs(); return nil }
+                let got = rx.available
+                rx.closeAllFDs()
+                throw .transport(.truncated(expected: MessageHeader.size, received: got))
+            }
+        }
+        let header = rx.header()
+        do { try header.validateFraming(maxMessageSize: maxMessageSize) } catch {
+            let (fds, _) = rx.takeFDs()
+            for f in fds { f.close() }
+            if case .invalid(let why) = error { throw .framing(header, why) }
+            throw .framing(header, "\(error)")
+        }
+        let want = min(Int(header.messageSize), prefix, rx.capacity)
+        while rx.available < want {
+            let n = try fill(maxFDs: maxFDs)
+            if n == 0 {
+                let got = rx.available
+                rx.closeAllFDs()
+                throw .transport(.truncated(expected: Int(header.messageSize), received: got))
+            }
+        }
+        return (header, rx.hasFDsForCurrent)
+    }
+
+    /// The buffered bytes from the start of the message `peekMessage` returned
+    /// (header included; the whole message when it fits the buffer, and possibly the
+    /// start of the next ones after it). A slice of the buffer itself, nothing copied;
+    /// its bytes stay as they are while the slice lives.
+    public var buffered: ArraySlice<UInt8> { rx.current(rx.available) }
+
+    /// Consumes the current message, which must be wholly buffered.
+    public func consumeMessage(size: Int) { rx.consume(size) }
+
+    /// Consumes the current message, moving its bytes from `skip` on into `dst`
+    /// (`dst.count` = size - skip): those in the buffer are copied, the rest are
+    /// received straight into `dst`, so a large write lands in place.
+    public func receiveBody(size: Int, skip: Int, into dst: UnsafeMutableRawBufferPointer) throws(ReceiveError) {
+        let inBuffer = min(rx.available, size)
+        var done = 0
+        if inBuffer > skip {
+            done = inBuffer - skip
+            rx.copyCurrent(from: skip, count: done, to: dst.baseAddress!)
+        }
+        rx.consume(inBuffer)
+        if done < dst.count {
+            let r = vfu_read_exact(fd.rawValue, dst.baseAddress! + done, dst.count - done)
+            if r < 0 { throw .transport(.system("recv", errno)) }
+            rx.skipStream(r)
+            if r < dst.count - done { throw .transport(.truncated(expected: size, received: skip + done + r)) }
+        }
+    }
+
+    /// One recvmsg into the buffer's free space; 0 at EOF.
+    private func fill(maxFDs: Int) throws(ReceiveError) -> Int {
+        var nfds: Int32 = 0, extra: Int32 = 0, ctrunc: Int32 = 0
+        let sock = fd.rawValue
+        let fdCapacity = maxFDs
+        var received: [OwnedFD] = []
+        let n: Int = rx.withFreeSpace { space in
+            withUnsafeTemporaryAllocation(of: Int32.self, capacity: max(fdCapacity, 1)) { fb in
+                let r = vfu_recv_buffered(sock, space.baseAddress, space.count, fb.baseAddress, Int32(fdCapacity), &nfds, &extra, &ctrunc)
+                if nfds > 0 { received = (0..<Int(nfds)).map { OwnedFD(fb[$0]) } }
+                return r
+            }
+        }
+        if n < 0 {
+            let e = errno
+            for f in received { f.close() }
+            rx.failure = .transport(.system("recvmsg", e))
+            throw .transport(.system("recvmsg", e))
+        }
+        if ctrunc != 0 {
+            for f in received { f.close() }
+            rx.closeAllFDs()
+            rx.failure = .transport(.controlTruncated)
+            throw .transport(.controlTruncated)
+        }
+        if !received.isEmpty || extra > 0 { rx.attach(received, extra: Int(extra), toChunkEndingAt: n) }
+        return n
+    }
+
+    /// Whether a message (or EOF) can be read without waiting: some of it is already
+    /// buffered, or the socket is readable.
+    public func waitReadable(timeoutMs: Int32) -> Bool {
+        if rx.available > 0 { return true }
+        return vfu_poll_readable(fd.rawValue, timeoutMs) == 1
+    }
+
+    // MARK: Sending
 
     /// Sends one whole message; the fds ride on its first byte.
     public func send(_ message: [UInt8], fds: [Int32] = []) throws(TransportError) {
@@ -161,8 +258,21 @@ public final class MessageSocket: Sendable {
         if r != 0 { throw .system("sendmsg", errno) }
     }
 
-    /// Waits until a message (or EOF) is readable; false on timeout.
-    public func waitReadable(timeoutMs: Int32) -> Bool { vfu_poll_readable(fd.rawValue, timeoutMs) == 1 }
+    /// Sends a reply or request made of a 32-byte head (message header and the
+    /// access's fixed fields) and data taken from where it lies (region storage),
+    /// in one sendmsg with two iovecs: the bytes are copied once, into the socket.
+    public func send(head: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer) throws(TransportError) {
+        let r: Int32 = sendLock.withLock { _ in
+            vfu_send_all2(fd.rawValue, head.baseAddress, head.count, data.baseAddress, data.count, nil, 0)
+        }
+        if r != 0 { throw .system("sendmsg", errno) }
+    }
+
+    /// Sends bytes that make whole messages, without fds (one send call).
+    public func send(raw: UnsafeRawBufferPointer) throws(TransportError) {
+        let r: Int32 = sendLock.withLock { _ in vfu_send_all(fd.rawValue, raw.baseAddress, raw.count, nil, 0) }
+        if r != 0 { throw .system("sendmsg", errno) }
+    }
 
     /// Wakes a thread blocked in `receive` (it sees EOF) without releasing the fd.
     public func shutdown() { _ = Glibc.shutdown(fd.rawValue, Int32(SHUT_RDWR)) }

@@ -8,5 +8,5 @@ struct VFU: ParsableCommand {
         version: VFUVersion.line,
         subcommands: [ServeCommand.self, InspectCommand.self, VariantsCommand.self, BenchCommand.self,
                       CheckSpecCommand.self, ConformCommand.self, BenchEchoCommand.self, MigrateCommand.self,
-                      ProxyCommand.self, ReplayCommand.self, CtlCommand.self])
+                      ProxyCommand.self, ReplayCommand.self, CtlCommand.self, BenchHostCommand.self])
 }

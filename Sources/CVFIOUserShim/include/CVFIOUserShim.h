@@ -43,6 +43,11 @@ ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, i
 /// read no further than one message. *ctrunc is set on MSG_CTRUNC (stored fds stay open).
 /// With nonblocking set it does not wait (MSG_DONTWAIT): -1 with EAGAIN when nothing is there.
 ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc, int nonblocking);
+/// vfu_recv_buffered: one recvmsg(2) of up to len bytes (retried on EINTR), collecting SCM_RIGHTS fds
+/// like vfu_recv_exact: the buffered reader's single receive call per small message.
+/// Returns the bytes received (0 at EOF), or -1 with errno.
+ssize_t vfu_recv_buffered(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
+                      int *extra_fds, int *ctrunc);
 
 /// recv exactly len bytes without ancillary data. Returns bytes read (< len at EOF) or -1.
 ssize_t vfu_read_exact(int sock, void *buf, size_t len);
