@@ -126,7 +126,13 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         }
         // A control plane sees every command (ServerHooks.swift); without one, one nil check.
         if let hooks = options.hooks { dispatchHooked(msg, hooks); return }
-        deliver(Dispatcher.handle(msg, on: self), for: msg)
+        // A region write may start device work (a doorbell): its reply goes out under the
+        // device lock, so the job's first DMA request cannot overtake it on the wire.
+        if h.command == .regionWrite || h.command == .regionWriteMulti {
+            device.lock.withLock { deliver(Dispatcher.handle(msg, on: self), for: msg) }
+        } else {
+            deliver(Dispatcher.handle(msg, on: self), for: msg)
+        }
     }
 
     /// Sends what handling `msg` produced (or nothing, for NO_REPLY) and closes its

@@ -68,7 +68,10 @@ func readFileBytes(_ path: String) -> [UInt8] {
 func exchange(path: String, prefix: [UInt8], bytes: [UInt8], fds: [Int32] = [], timeoutMs: Int32 = 5000) throws -> [UInt8] {
     let s = try connectRetrying(path)
     defer { s.fd.close() }
-    try s.send(prefix + bytes, fds: fds)
+    // Two sends: fds ride on the first byte of the send that carries them, so they
+    // belong to `bytes`, not to the VERSION before it.
+    if !prefix.isEmpty { try s.send(prefix) }
+    try s.send(bytes, fds: fds)
     _ = shutdown(s.fd.rawValue, Int32(SHUT_WR))
     var out: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 1 << 16)
