@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 @_spi(Server) import PCICore
 import VFIOUserProtocol
 import VFIOUserServer
@@ -41,7 +42,22 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
         /// Work held by a stopWork hang fault.
         var workHeld = false
     }
-    let state = Locked(State())
+    private let stateLock = Locked(State())
+    /// A watcher listens or a fault is armed or waiting: the server must hand over every
+    /// command with its bytes. Refreshed whenever the state changes (``withState(_:)``).
+    private let everyCommand = Atomic<Bool>(false)
+
+    /// The state under its lock; afterwards ``needsEveryCommand`` says again whether
+    /// anything needs each command in full.
+    func withState<R, E: Error>(_ body: (inout State) throws(E) -> R) throws(E) -> R {
+        try stateLock.withLock { (s: inout State) throws(E) -> R in
+            defer {
+                let every = !s.watchers.isEmpty || !s.faults.isEmpty
+                if everyCommand.load(ordering: .relaxed) != every { everyCommand.store(every, ordering: .relaxed) }
+            }
+            return try body(&s)
+        }
+    }
 
     /// Follows `device` under `name` (the spec's name, how control requests address it).
     public init(name: String, device: PCIDevice) {
@@ -87,22 +103,39 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
 
     func addWatcher(_ kinds: Set<RawEvent.Kind>) -> Watcher {
         let w = Watcher(kinds: kinds)
-        state.withLock { $0.watchers[ObjectIdentifier(w)] = w }
+        withState { $0.watchers[ObjectIdentifier(w)] = w }
         return w
     }
 
-    func removeWatcher(_ w: Watcher) { state.withLock { _ = $0.watchers.removeValue(forKey: ObjectIdentifier(w)) } }
+    func removeWatcher(_ w: Watcher) { withState { _ = $0.watchers.removeValue(forKey: ObjectIdentifier(w)) } }
 
     // MARK: ServerHooks (the connection threads)
 
     public func commandWillStart(_ header: MessageHeader, session: SessionID) -> UInt64 { Clock.monoNs() }
+
+    public var needsEveryCommand: Bool { everyCommand.load(ordering: .relaxed) }
+
+    /// The fast path's report: counters, latency, the unmodeled and polling reports,
+    /// as `commandDidFinish` keeps them, without data (nobody is watching for it).
+    public func regionAccessServed(_ access: ServedRegionAccess, session: SessionID, token: UInt64) {
+        let now = Clock.monoNs()
+        withState { s in
+            if access.entry == 0 {
+                s.stats[min(Int(access.command.rawValue), 31)].record(now &- token, failed: access.error != nil)
+            }
+            var drop = false
+            recordAccess(&s, AccessKey(region: access.region, offset: access.offset, size: access.size), write: access.isWrite,
+                         data: [], error: access.error, command: access.command, session: session, now: now, drop: &drop,
+                         withData: false)
+        }
+    }
 
     public func commandDidFinish(_ header: MessageHeader, request: [UInt8], reply: inout [UInt8]?, error: VFIOErrno?,
                                  session: SessionID, token: UInt64) -> ReplyDisposition {
         let now = Clock.monoNs()
         let cmd = header.command
         var drop = false
-        let disposition = state.withLock { s -> ReplyDisposition in
+        let disposition = withState { s -> ReplyDisposition in
             s.stats[min(Int(cmd.rawValue), 31)].record(now &- token, failed: error != nil)
             var access: AccessKey? = nil
             var write = false
@@ -136,7 +169,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
 
     /// Counters, reports, triggers and the event of one guest region access.
     private func recordAccess(_ s: inout State, _ key: AccessKey, write: Bool, data: ArraySlice<UInt8>, error: VFIOErrno?,
-                              command: Command, session: SessionID, now: UInt64, drop: inout Bool) {
+                              command: Command, session: SessionID, now: UInt64, drop: inout Bool, withData: Bool = true) {
         s.accesses &+= 1
         if Int(key.region) < modeled.count, !modeled[Int(key.region)].covers(offset: key.offset, size: key.size) {
             s.unmodeled[key, default: UnmodeledEntry(first: now, last: now)].count(write: write, at: now)
@@ -161,6 +194,9 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
             s.pollRun = write ? 0 : 1
             s.pollLast = now
         }
+        // Without the data (the fast path, which a fault or watcher added a moment ago may
+        // still see once) triggers and events wait for the next access that has it.
+        guard withData else { return }
         if !s.faults.isEmpty { checkTriggers(&s, key: key, write: write, data: data, now: now, drop: &drop) }
         if !s.watchers.isEmpty {
             emit(&s, RawEvent(kind: .access, timeNs: now, session: session, write: write, command: command.rawValue,
@@ -299,7 +335,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
     // MARK: DeviceProbe (under the device lock)
 
     public func dmaWillStart(address: UInt64, count: Int, write: Bool) -> VFIOErrno? {
-        state.withLock { s -> VFIOErrno? in
+        withState { s -> VFIOErrno? in
             if s.faults.isEmpty && s.watchers.isEmpty { return nil }
             let now = Clock.monoNs()
             var err: VFIOErrno? = nil
@@ -321,7 +357,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
     }
 
     public func interruptSignalled(index: Int, vector: Int) {
-        state.withLock { s in
+        withState { s in
             guard !s.watchers.isEmpty else { return }
             emit(&s, RawEvent(kind: .irq, timeNs: Clock.monoNs(), region: UInt32(index), offset: UInt64(vector)))
         }
@@ -329,7 +365,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
 
     /// A reset ends every fault that does not say `survivesReset` (its jobs are cancelled too).
     func deviceWasReset(_ reason: ResetReason) {
-        state.withLock { s in
+        withState { s in
             let now = Clock.monoNs()
             let gone = s.faults.filter { $0.spec.survivesReset != true }
             s.faults.removeAll { $0.spec.survivesReset != true }
@@ -347,7 +383,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
     /// Time-based triggers and scopes (called by the control server's ticker).
     func tick() {
         var drop = false
-        state.withLock { s in
+        withState { s in
             guard !s.faults.isEmpty else { return }
             let now = Clock.monoNs()
             checkTriggers(&s, key: nil, write: false, data: [], now: now, drop: &drop)

@@ -39,7 +39,7 @@ extension ControlledDevice {
         case "polls":
             if let t = q.threshold {
                 guard t >= 1 else { throw Refusal("bad-request", "threshold must be at least 1") }
-                state.withLock { $0.pollThreshold = t }
+                withState { $0.pollThreshold = t }
             }
             (r.polls, r.threshold) = pollReport()
         default:
@@ -62,7 +62,7 @@ extension ControlledDevice {
         }
         var irqs: [String: Int] = [:]
         for (k, n) in ["intx", "msi", "msix", "err", "req"].enumerated() { irqs[n] = device.interrupts.indices[k].count }
-        let held = state.withLock { $0.workHeld }
+        let held = withState { $0.workHeld }
         return DeviceSummary(name: name, vendor: Num(UInt64(device.configuration.identity.vendor)),
                              deviceID: Num(UInt64(device.configuration.identity.device)), regions: regions, irqs: irqs,
                              owner: device.owner, resets: device.resetCount, workHeld: held)
@@ -187,7 +187,7 @@ extension ControlledDevice {
     func addFault(_ spec: FaultSpec) throws(Refusal) -> FaultStatus {
         do { try spec.validate(limits) } catch { throw Refusal("bad-fault", "fault.\(error.field): \(error.reason)") }
         var drop = false
-        let st = state.withLock { s -> FaultStatus in
+        let st = withState { s -> FaultStatus in
             let now = Clock.monoNs()
             let f = ActiveFault(id: s.nextFaultID, spec: spec, nowNs: now, accesses: s.accesses)
             s.nextFaultID += 1
@@ -205,7 +205,7 @@ extension ControlledDevice {
     }
 
     func faultList() -> [FaultStatus] {
-        state.withLock { s in
+        withState { s in
             let now = Clock.monoNs()
             removeExpired(&s, now)
             return s.faults.map { $0.status(now) }
@@ -213,7 +213,7 @@ extension ControlledDevice {
     }
 
     func removeFault(_ id: Int) -> Bool {
-        state.withLock { s in
+        withState { s in
             guard s.faults.contains(where: { $0.id == id }) else { return false }
             s.faults.removeAll { $0.id == id }
             releaseWorkIfUnheld(&s)
@@ -222,7 +222,7 @@ extension ControlledDevice {
     }
 
     func clearFaults() -> [FaultStatus] {
-        state.withLock { s in
+        withState { s in
             let now = Clock.monoNs()
             let all = s.faults.map { $0.status(now) }
             s.faults.removeAll()
@@ -234,13 +234,13 @@ extension ControlledDevice {
     // MARK: Reports
 
     func stats() -> [CommandStats] {
-        state.withLock { s in
+        withState { s in
             s.stats.indices.filter { s.stats[$0].count > 0 }.map { s.stats[$0].stats($0 == 31 ? "OTHER" : Command(UInt16($0)).description) }
         }
     }
 
     func unmodeledReport() -> [UnmodeledAccess] {
-        state.withLock { s in
+        withState { s in
             s.unmodeled.sorted { ($0.key.region, $0.key.offset, $0.key.size) < ($1.key.region, $1.key.offset, $1.key.size) }.map {
                 UnmodeledAccess(region: RegionRef($0.key.region), offset: Num($0.key.offset), size: $0.key.size,
                                 reads: $0.value.reads, writes: $0.value.writes, first: Clock.seconds($0.value.first),
@@ -250,7 +250,7 @@ extension ControlledDevice {
     }
 
     func pollReport() -> ([PollingLoop], Int) {
-        state.withLock { s in
+        withState { s in
             var polls = s.polls
             // The loop the guest is in right now, as it stands.
             if s.pollInLoop, let k = s.pollKey {

@@ -34,6 +34,8 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     // Reader thread only.
     private var deferred: [ReceivedMessage] = []
     let inPlace = InPlaceScratch()
+    /// `options.hooks`, kept here so the hot path does not copy the options' existential.
+    let hooks: (any ServerHooks)?
     // Set from any thread that fails to send on this connection.
     private let broken = Atomic<Bool>(false)
     var streamBroken: Bool {
@@ -45,6 +47,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         self.socket = socket
         self.device = device
         self.options = options
+        self.hooks = options.hooks
         self.number = number
         var l = logger
         l[metadataKey: "conn"] = "\(number)"
@@ -125,7 +128,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
             return
         }
         // A control plane sees every command (ServerHooks.swift); without one, one nil check.
-        if let hooks = options.hooks { dispatchHooked(msg, hooks); return }
+        if let hooks { dispatchHooked(msg, hooks); return }
         // A region write may start device work (a doorbell): its reply goes out under the
         // device lock, so the job's first DMA request cannot overtake it on the wire.
         if h.command == .regionWrite || h.command == .regionWriteMulti {

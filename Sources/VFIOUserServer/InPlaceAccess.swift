@@ -19,9 +19,10 @@ extension Connection {
     /// Serves the next message in place when it is a region access that needs
     /// nothing more; false, with nothing consumed, otherwise.
     func serveInPlace() -> Bool {
-        // Tracing, a capture or validation (observer) and a control plane (hooks) see every
-        // message: they take the general path.
-        guard versioned, !options.trace, options.observer == nil, options.hooks == nil else { return false }
+        // Tracing, a capture or validation (observer), and a control plane that watches or
+        // has a fault armed (hooks), see every message: they take the general path. A
+        // control plane that only counts is told of each access after its reply.
+        guard versioned, !options.trace, options.observer == nil else { return false }
         let peeked: (header: MessageHeader, hasFDs: Bool)?
         do {
             peeked = try socket.peekMessage(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs,
@@ -30,12 +31,43 @@ extension Connection {
             return false  // receive() meets the same error and handles it
         }
         guard let (h, hasFDs) = peeked, !hasFDs, h.kind == .command else { return false }
+        // Asked once the message is here (the peek may have waited long for it).
+        if let hooks, hooks.needsEveryCommand { return false }
+        let token = hooks?.commandWillStart(h, session: session) ?? 0
         switch h.command {
-        case .regionRead: return readInPlace(h)
-        case .regionWrite: return writeInPlace(h)
-        case .regionWriteMulti: return writeMultiInPlace(h)
+        case .regionRead: return readInPlace(h, token: token)
+        case .regionWrite: return writeInPlace(h, token: token)
+        case .regionWriteMulti: return writeMultiInPlace(h, token: token)
         default: return false
         }
+    }
+
+    /// A read's reply: from RAM with two iovecs, else from the scratch buffer that
+    /// holds the data behind room for the head.
+    private func sendReadReply(_ h: MessageHeader, offset: UInt64, region: UInt32, count: UInt32, memory: SharedMemory?,
+                               scratch buf: UnsafeMutableRawBufferPointer) throws(TransportError) {
+        let n = Int(count)
+        let replySize = MessageHeader.size + RegionAccess.headerSize + n
+        var head = Self.accessReplyHead(h, size: replySize, offset: offset, region: region, count: count)
+        if let memory {
+            try withUnsafeBytes(of: &head) { hb throws(TransportError) in
+                try socket.send(head: hb, data: UnsafeRawBufferPointer(start: memory.mapping.base + Int(offset), count: n))
+            }
+            withExtendedLifetime(memory) {}
+        } else {
+            withUnsafeBytes(of: &head) { buf.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 32) }
+            try socket.send(raw: UnsafeRawBufferPointer(rebasing: buf[0..<replySize]))
+        }
+    }
+
+    /// Tells a counting control plane of an access served here (after its reply).
+    @inline(__always)
+    private func report(_ command: Command, _ region: UInt32, _ offset: UInt64, _ size: Int, _ error: VFIOErrno?,
+                        entry: Int = 0, token: UInt64) {
+        guard let hooks else { return }
+        hooks.regionAccessServed(ServedRegionAccess(command: command, region: region, offset: offset, size: size, error: error,
+                                                    entry: entry),
+                                 session: session, token: token)
     }
 
     /// offset, region, count of the buffered access (its first 32 bytes are buffered).
@@ -45,10 +77,11 @@ extension Connection {
         return (b.le64(at: s), b.le32(at: s + 8), b.le32(at: s + 12))
     }
 
-    private func readInPlace(_ h: MessageHeader) -> Bool {
+    private func readInPlace(_ h: MessageHeader, token: UInt64) -> Bool {
         guard h.payloadSize == RegionAccess.headerSize else { return false }
         let (offset, region, count) = accessFields()
         socket.consumeMessage(size: Int(h.messageSize))
+        var failure: VFIOErrno? = nil
         do {
             guard Int(count) <= options.maxDataXferSize else { throw VFIOErrno.EINVAL }
             let n = Int(count)
@@ -69,28 +102,21 @@ extension Connection {
                 memory = try device.readRegionOrMemory(index: region, offset: offset,
                                                        into: UnsafeMutableRawBufferPointer(rebasing: buf[32..<replySize]))
             }
-            guard !h.noReply else { return true }
-            var head = Self.accessReplyHead(h, size: replySize, offset: offset, region: region, count: count)
-            if let memory {
-                try withUnsafeBytes(of: &head) { hb throws(TransportError) in
-                    try socket.send(head: hb, data: UnsafeRawBufferPointer(start: memory.mapping.base + Int(offset), count: n))
-                }
-                withExtendedLifetime(memory) {}
-            } else {
-                withUnsafeBytes(of: &head) { buf.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 32) }
-                try socket.send(raw: UnsafeRawBufferPointer(rebasing: buf[0..<replySize]))
-            }
+            if !h.noReply { try sendReadReply(h, offset: offset, region: region, count: count, memory: memory, scratch: buf) }
         } catch let e as VFIOErrno {
             logger.debug("\(h.command) #\(h.messageID) failed: \(e)")
             if !h.noReply { sendError(to: h, e) }
+            failure = e
         } catch {
             logger.debug("send failed: \(error)")
             streamBroken = true
+            return true
         }
+        report(.regionRead, region, offset, Int(count), failure, token: token)
         return true
     }
 
-    private func writeInPlace(_ h: MessageHeader) -> Bool {
+    private func writeInPlace(_ h: MessageHeader, token: UInt64) -> Bool {
         guard h.payloadSize >= RegionAccess.headerSize else { return false }
         let (offset, region, count) = accessFields()
         // Sizes that do not match the layout, and a first write (ownership), take the general path.
@@ -98,6 +124,7 @@ extension Connection {
               device.owner == session else { return false }
         let total = Int(h.messageSize)
         let dataStart = MessageHeader.size + RegionAccess.headerSize
+        var failure: VFIOErrno? = nil
         do {
             if total <= MessageSocket.receiveBufferSize {
                 _ = try socket.peekMessage(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs, prefix: total)
@@ -113,7 +140,6 @@ extension Connection {
                     var head = Self.accessReplyHead(h, size: dataStart, offset: offset, region: region, count: count)
                     try withUnsafeBytes(of: &head) { hb throws(TransportError) in try socket.send(raw: hb) }
                 }
-                return true
             } else {
                 // Large: checked first, then the data lands in the region's memory.
                 guard let memory = try? device.regionMemory(index: region, offset: offset, count: Int(count), write: true) else {
@@ -122,21 +148,25 @@ extension Connection {
                 try socket.receiveBody(size: total, skip: dataStart,
                                        into: UnsafeMutableRawBufferPointer(start: memory.mapping.base + Int(offset), count: Int(count)))
                 withExtendedLifetime(memory) {}
+                if !h.noReply {
+                    var head = Self.accessReplyHead(h, size: dataStart, offset: offset, region: region, count: count)
+                    try withUnsafeBytes(of: &head) { hb throws(TransportError) in try socket.send(raw: hb) }
+                }
             }
-            guard !h.noReply else { return true }
-            var head = Self.accessReplyHead(h, size: dataStart, offset: offset, region: region, count: count)
-            try withUnsafeBytes(of: &head) { hb throws(TransportError) in try socket.send(raw: hb) }
         } catch let e as VFIOErrno {
             logger.debug("\(h.command) #\(h.messageID) failed: \(e)")
             if !h.noReply { sendError(to: h, e) }
+            failure = e
         } catch {
             logger.debug("receive or send failed: \(error)")
             streamBroken = true
+            return true
         }
+        report(.regionWrite, region, offset, Int(count), failure, token: token)
         return true
     }
 
-    private func writeMultiInPlace(_ h: MessageHeader) -> Bool {
+    private func writeMultiInPlace(_ h: MessageHeader, token: UInt64) -> Bool {
         let total = Int(h.messageSize)
         guard total <= MessageSocket.receiveBufferSize, h.payloadSize >= 8, device.owner == session,
               (try? socket.peekMessage(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs, prefix: total)) != nil
@@ -152,8 +182,9 @@ extension Connection {
         }
         socket.consumeMessage(size: total)  // the slice keeps the bytes
         // As for REGION_WRITE, the reply goes out before work the writes started can send.
+        var done = 0
+        var failure: VFIOErrno? = nil
         device.lock.withLock {
-            var done: UInt64 = 0
             do throws(VFIOErrno) {
                 for i in 0..<Int(n) {
                     let e = p + 8 + 24 * i
@@ -164,17 +195,26 @@ extension Connection {
             } catch {
                 logger.debug("\(h.command) #\(h.messageID) failed: \(error)")
                 if !h.noReply { sendError(to: h, error) }
+                failure = error
                 return
             }
             guard !h.noReply else { return }
             let size = UInt64(MessageHeader.size + 8)
             var reply = ((UInt64(h.messageID) | UInt64(h.command.rawValue) << 16 | size << 32).littleEndian,
-                         UInt64(MessageHeader.Kind.reply.rawValue).littleEndian, done.littleEndian)
+                         UInt64(MessageHeader.Kind.reply.rawValue).littleEndian, UInt64(done).littleEndian)
             do {
                 try withUnsafeBytes(of: &reply) { rb throws(TransportError) in try socket.send(raw: rb) }
             } catch {
                 logger.debug("send failed: \(error)")
                 streamBroken = true
+            }
+        }
+        if hooks != nil, !streamBroken {
+            // One report per entry that ran: the ones done, then the one that failed.
+            for i in 0..<min(Int(n), done + (failure == nil ? 0 : 1)) {
+                let e = p + 8 + 24 * i
+                report(.regionWriteMulti, b.le32(at: e + 8), b.le64(at: e), Int(b.le32(at: e + 12)),
+                       i < done ? nil : failure, entry: i, token: token)
             }
         }
         return true

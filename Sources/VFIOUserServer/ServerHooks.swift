@@ -12,12 +12,43 @@ public enum ReplyDisposition: Sendable, Equatable {
     case drop
 }
 
+/// One region access served on the fast path (InPlaceAccess.swift) while a control
+/// plane only keeps counts: what it touched and how it ended, no data.
+public struct ServedRegionAccess: Sendable {
+    /// REGION_READ, REGION_WRITE or REGION_WRITE_MULTI (one value per entry).
+    public var command: Command
+    /// The region index, offset and size of the access.
+    public var region: UInt32
+    public var offset: UInt64
+    public var size: Int
+    /// nil when the access succeeded.
+    public var error: VFIOErrno?
+    /// Which entry of a REGION_WRITE_MULTI this is (0 for the other commands), so a
+    /// message is counted once.
+    public var entry: Int = 0
+
+    /// Whether the access wrote.
+    public var isWrite: Bool { command != .regionRead }
+}
+
 /// A control plane attached to a server (`ServerOptions.hooks`, docs/control.md): it
 /// sees every client command as the connection thread handles it. Unattached, a
 /// connection pays one nil check per command.
 ///
-/// Both calls run on the connection's thread, without the device lock.
+/// While `needsEveryCommand` is false (nobody watches, no fault is armed or waiting
+/// for its trigger) region accesses keep the in-place fast path and are reported
+/// after their reply with `regionAccessServed(_:session:token:)`, so a control plane
+/// that only counts costs about as little as none (issue #12, item 7).
+///
+/// All calls run on the connection's thread, without the device lock.
 public protocol ServerHooks: AnyObject, Sendable {
+    /// Whether every command must go through `commandWillStart`/`commandDidFinish` with
+    /// its bytes (a watcher or a fault needs them); read once per message, so it
+    /// should be an atomic load.
+    var needsEveryCommand: Bool { get }
+    /// A region access was served on the fast path; `token` is what
+    /// `commandWillStart` returned for its message.
+    func regionAccessServed(_ access: ServedRegionAccess, session: SessionID, token: UInt64)
     /// A command is about to be handled; the value returned comes back in
     /// ``commandDidFinish(_:request:reply:error:session:token:)`` (e.g. a start time).
     func commandWillStart(_ header: MessageHeader, session: SessionID) -> UInt64
