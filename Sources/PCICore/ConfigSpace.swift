@@ -24,13 +24,15 @@ public final class ConfigSpace: @unchecked Sendable {
     }
 
     public let size: Int
-    public private(set) var bytes: [UInt8]
+    // Read on every config access under the device lock (the caller holds it): unchecked,
+    // they skip the runtime's dynamic exclusivity bookkeeping (issue #14).
+    @exclusivity(unchecked) public private(set) var bytes: [UInt8]
     public private(set) var writeMask: [UInt8]
     public private(set) var w1cMask: [UInt8]
     private var hooks: [Int: [Hook]] = [:]
     /// Whether each dword (offset / 4) has a read hook, so a client read looks up
     /// `hooks` only for the dwords that need it (the hot path reads plain bytes).
-    private var readHooked: [Bool]
+    @exclusivity(unchecked) private var readHooked: [Bool]
     private var powerOn: (bytes: [UInt8], writeMask: [UInt8], w1cMask: [UInt8])?
 
     public init(size: Int) {

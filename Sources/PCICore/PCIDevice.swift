@@ -54,8 +54,13 @@ public final class PCIDevice: @unchecked Sendable {
     }
 
     private var _deviceInfoCapabilities: [DeviceInfoCapability] = []
-    var _migration: MigrationController?
-    var regions: [Region?]
+    // The hot path reads these under the device lock (their guard) on every access;
+    // unchecked, they skip the runtime's dynamic exclusivity bookkeeping (~80
+    // instructions an access, issue #14). Every access holds the device lock.
+    @exclusivity(unchecked) var _migration: MigrationController?
+    @exclusivity(unchecked) var regions: [Region?] { didSet { rebuildRoutes() } }
+    /// `regions` as the access hot path reads it (RegionRoute.swift).
+    @exclusivity(unchecked) private var routes: [RegionRoute?] = []
     private var resetHooks: [@Sendable (ResetReason) -> Void] = []
     private var sessions: Set<SessionID> = []
     private var _owner: SessionID?
@@ -87,8 +92,11 @@ public final class PCIDevice: @unchecked Sendable {
             backing: .handler(ConfigRegionHandler(config)))
         wireInterrupts()
         config.sealPowerOnState()
+        rebuildRoutes()
         work.device = self
     }
+
+    private func rebuildRoutes() { routes = regions.map { $0.map(RegionRoute.init) } }
 
     deinit { work.stop() }
 
@@ -284,8 +292,8 @@ public final class PCIDevice: @unchecked Sendable {
         try lock.withLock { () throws(VFIOErrno) in try interrupts.setIRQs(req, fds: fds, session: session) }
     }
 
-    private func accessibleRegion(_ index: UInt32, _ offset: UInt64, _ count: Int) throws(VFIOErrno) -> Region {
-        guard Int(index) < regions.count, let r = regions[Int(index)], r.size > 0 else { throw .EINVAL }
+    private func accessibleRegion(_ index: UInt32, _ offset: UInt64, _ count: Int) throws(VFIOErrno) -> RegionRoute {
+        guard Int(index) < routes.count, let r = routes[Int(index)], r.size > 0 else { throw .EINVAL }
         guard count >= 0, offset <= r.size, UInt64(count) <= r.size - offset else { throw .EINVAL }
         switch r.decodeGate {
         case .none: break
@@ -324,7 +332,7 @@ public final class PCIDevice: @unchecked Sendable {
     /// memory: use `readRegion`/`writeRegion` then.
     @_spi(Server) public func regionMemory(index: UInt32, offset: UInt64, count: Int, write: Bool) throws(VFIOErrno) -> SharedMemory? {
         try lock.withLock { () throws(VFIOErrno) in
-            guard Int(index) < regions.count, let r = regions[Int(index)], case .memory(let m) = r.backing else { return nil }
+            guard Int(index) < routes.count, let r = routes[Int(index)], let m = r.memory else { return nil }
             _ = try accessibleRegion(index, offset, count)
             guard write ? r.writable : r.readable else { throw .EINVAL }
             guard offset + UInt64(count) <= UInt64(m.size) else { throw .EINVAL }
@@ -340,7 +348,7 @@ public final class PCIDevice: @unchecked Sendable {
         try lock.withLock { () throws(VFIOErrno) in
             let r = try accessibleRegion(index, offset, buffer.count)
             guard r.readable else { throw .EINVAL }
-            if case .memory(let m) = r.backing {
+            if let m = r.memory {
                 guard offset + UInt64(buffer.count) <= UInt64(m.size) else { throw .EINVAL }
                 return m
             }

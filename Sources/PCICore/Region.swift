@@ -26,7 +26,9 @@ extension RegionAccessHandler {
 
 /// The config-space region: client accesses with the write policy and hooks.
 final class ConfigRegionHandler: RegionAccessHandler, @unchecked Sendable {
-    unowned let config: ConfigSpace
+    // The device owns both this handler and its config space, so the config space
+    // outlives it; unowned(unsafe) saves a checked strong retain per config access.
+    unowned(unsafe) let config: ConfigSpace
     init(_ config: ConfigSpace) { self.config = config }
     func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] { try config.read(offset: offset, count: count) }
     func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {

@@ -36,6 +36,10 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
     let inPlace = InPlaceScratch()
     /// `options.hooks`, kept here so the hot path does not copy the options' existential.
     let hooks: (any ServerHooks)?
+    /// Tracing or an observer (capture, validation) sees every message, so nothing takes
+    /// the in-place path; decided once (copying the optional observer costs ~60
+    /// instructions a message).
+    let seesEveryMessage: Bool
     // Set from any thread that fails to send on this connection.
     private let broken = Atomic<Bool>(false)
     var streamBroken: Bool {
@@ -48,6 +52,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         self.device = device
         self.options = options
         self.hooks = options.hooks
+        self.seesEveryMessage = options.trace || options.observer != nil
         self.number = number
         var l = logger
         l[metadataKey: "conn"] = "\(number)"

@@ -22,7 +22,7 @@ extension Connection {
         // Tracing, a capture or validation (observer), and a control plane that watches or
         // has a fault armed (hooks), see every message: they take the general path. A
         // control plane that only counts is told of each access after its reply.
-        guard versioned, !options.trace, options.observer == nil else { return false }
+        guard versioned, !seesEveryMessage else { return false }
         let peeked: (header: MessageHeader, hasFDs: Bool)?
         do {
             peeked = try socket.peekMessage(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs,
@@ -72,9 +72,8 @@ extension Connection {
 
     /// offset, region, count of the buffered access (its first 32 bytes are buffered).
     private func accessFields() -> (offset: UInt64, region: UInt32, count: UInt32) {
-        let b = socket.buffered
-        let s = b.startIndex + MessageHeader.size
-        return (b.le64(at: s), b.le32(at: s + 8), b.le32(at: s + 12))
+        let s = MessageHeader.size
+        return (socket.bufferedWord64(at: s), socket.bufferedWord32(at: s + 8), socket.bufferedWord32(at: s + 12))
     }
 
     private func readInPlace(_ h: MessageHeader, token: UInt64) -> Bool {

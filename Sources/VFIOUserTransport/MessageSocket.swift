@@ -168,6 +168,11 @@ public final class MessageSocket: @unchecked Sendable {
     /// its bytes stay as they are while the slice lives.
     public var buffered: ArraySlice<UInt8> { rx.current(rx.available) }
 
+    /// Little-endian words of the buffered message at byte `offset` (which must be
+    /// buffered), read without making a slice of the buffer.
+    public func bufferedWord64(at offset: Int) -> UInt64 { rx.word64(at: offset) }
+    public func bufferedWord32(at offset: Int) -> UInt32 { UInt32(truncatingIfNeeded: rx.word64(at: offset, width: 4)) }
+
     /// Consumes the current message, which must be wholly buffered.
     public func consumeMessage(size: Int) { rx.consume(size) }
 

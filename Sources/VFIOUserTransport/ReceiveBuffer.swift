@@ -12,7 +12,9 @@ final class ReceiveBuffer {
     let capacity: Int
     // A Swift array so a write's data can be handed to a region handler as a slice
     // of it, without copying; storage[start..<end] is unread.
-    private var storage: [UInt8]
+    // Touched by the socket's one reader only, several times per message: unchecked,
+    // it skips the runtime's dynamic exclusivity bookkeeping (issue #14).
+    @exclusivity(unchecked) private var storage: [UInt8]
     // The cursor lives behind a pointer: the hot path reads and moves it several
     // times per message, and a class's stored properties would pay a dynamic
     // exclusivity check on every access.
@@ -29,7 +31,7 @@ final class ReceiveBuffer {
     private var start: Int { get { cursor.pointee.start } set { cursor.pointee.start = newValue } }
     private var end: Int { get { cursor.pointee.end } set { cursor.pointee.end = newValue } }
     private var base: UInt64 { get { cursor.pointee.base } set { cursor.pointee.base = newValue } }
-    private var fdBatches: [(at: UInt64, fds: [OwnedFD], extra: Int)] = [] {
+    @exclusivity(unchecked) private var fdBatches: [(at: UInt64, fds: [OwnedFD], extra: Int)] = [] {
         didSet { cursor.pointee.batches = fdBatches.count }
     }
     /// Set when the stream broke (a failed recvmsg, truncated fds): every later peek throws it.
@@ -55,6 +57,15 @@ final class ReceiveBuffer {
 
     /// The first `n` unread bytes (a slice of the storage: no copy).
     func current(_ n: Int) -> ArraySlice<UInt8> { storage[start..<(start + n)] }
+
+    /// The little-endian word of `width` bytes (8 or 4) at `offset` from the read position.
+    func word64(at offset: Int, width: Int = 8) -> UInt64 {
+        precondition(offset >= 0 && start + offset + width <= end)
+        return storage.withUnsafeBytes { raw in
+            width == 8 ? raw.loadUnaligned(fromByteOffset: start + offset, as: UInt64.self).littleEndian
+                : UInt64(raw.loadUnaligned(fromByteOffset: start + offset, as: UInt32.self).littleEndian)
+        }
+    }
 
     func copyCurrent(_ n: Int, to dst: UnsafeMutableRawPointer) { copyCurrent(from: 0, count: n, to: dst) }
 
