@@ -187,8 +187,9 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
         public var handler: any RegionAccessHandler
     }
 
-    // Sorted by lower bound, never overlapping. Guarded by the device lock.
-    public private(set) var entries: [Entry] = []
+    // Sorted by lower bound, never overlapping. Guarded by the device lock, which every
+    // access holds, so the runtime's dynamic exclusivity check is skipped (issue #14).
+    @exclusivity(unchecked) public private(set) var entries: [Entry] = []
     public let fallback: any RegionAccessHandler
 
     public init(fallback: any RegionAccessHandler) { self.fallback = fallback }
