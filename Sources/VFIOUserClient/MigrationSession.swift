@@ -1,9 +1,10 @@
 import Glibc
+import Synchronization
 import VFIOUserProtocol
 import VFIOUserTransport
 
 /// Where a device's migration stream comes from or goes to.
-public enum MigrationEndpoint: @unchecked Sendable {
+public enum MigrationEndpoint: Sendable {
     /// A device served by a vfio-user server (the connection is used for migration only).
     case device(VFIOUserClient)
     /// A file holding exactly the stream.
@@ -424,10 +425,10 @@ private final class ChunkQueue: @unchecked Sendable {
 }
 
 /// A plain file for `--to-file` / `--from-file`.
-final class MigrationFile: @unchecked Sendable {
+final class MigrationFile: Sendable {
     let fd: Int32
     let path: String
-    private var closed = false
+    private let closed = Atomic<Bool>(false)
 
     private init(fd: Int32, path: String) {
         self.fd = fd
@@ -480,7 +481,7 @@ final class MigrationFile: @unchecked Sendable {
     }
 
     func close() {
-        if !closed { closed = true; Glibc.close(fd) }
+        if !closed.exchange(true, ordering: .relaxed) { Glibc.close(fd) }
     }
 
     deinit { close() }

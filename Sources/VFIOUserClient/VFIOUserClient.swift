@@ -9,6 +9,7 @@ import VFIOUserTransport
 /// client also answers the server's own requests (DMA_READ / DMA_WRITE into memory
 /// mapped without an fd), so a server may interleave them as the protocol allows.
 public final class VFIOUserClient: @unchecked Sendable {
+    // @unchecked: calls hold `lock` for all mutable state; `timeoutMs` is set by the owner between calls.
     public let socket: MessageSocket
     /// What the server said in its VERSION reply.
     public private(set) var serverVersion = VersionPayload(major: 0, minor: 0, capabilities: nil)

@@ -1,10 +1,11 @@
 import FoundationEssentials
+import Synchronization
 import VFIOUserTransport
 
 /// A client of the control socket (what `vfu ctl` and the tests use).
-public final class ControlClient: @unchecked Sendable {
+public final class ControlClient: Sendable {
     public let socket: LineSocket
-    private var nextID = 1
+    private let nextID = Atomic<Int>(1)
 
     public init(path: String) throws(TransportError) {
         socket = LineSocket(fd: try MessageSocket.connect(path: path).fd)
@@ -24,7 +25,7 @@ public final class ControlClient: @unchecked Sendable {
     /// Sends `request` (an id is added when it has none) and returns the reply.
     public func call(_ request: ControlRequest, timeoutMs: Int32 = 10_000) throws(ClientError) -> ControlReply {
         var q = request
-        if q.id == nil { q.id = nextID; nextID += 1 }
+        if q.id == nil { q.id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue }
         guard socket.write(LineJSON.encode(q)) else { throw .closed }
         return try readReply(timeoutMs: timeoutMs)
     }

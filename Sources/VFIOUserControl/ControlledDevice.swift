@@ -16,6 +16,7 @@ import VFIOUserTransport
 /// Locks: the device lock may be held when this takes its own (DMA, interrupts,
 /// resets); this never takes the device lock while holding its own.
 public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendable {
+    // @unchecked: only `let`s; mutable state is in `state` and `serverBox`, both `Locked`.
     public let name: String
     public let device: PCIDevice
     /// Indexed by region.

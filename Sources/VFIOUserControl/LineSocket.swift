@@ -3,6 +3,7 @@ import VFIOUserTransport
 
 /// Newline-delimited messages over a stream socket: blocking reads and whole writes.
 public final class LineSocket: @unchecked Sendable {
+    // @unchecked: the read buffer belongs to the one thread that reads; writes are whole sends and touch no state.
     public let fd: OwnedFD
     private var buffer: [UInt8] = []
     private var start = 0

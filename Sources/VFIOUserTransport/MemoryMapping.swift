@@ -8,6 +8,7 @@ import Glibc
 /// processes by design, hence `@unchecked Sendable`: races on its contents are the
 /// same races real hardware has with its driver.
 public final class MemoryMapping: @unchecked Sendable {
+    // @unchecked: only `let`s, but `base` is a raw pointer into memory shared with other processes.
     public let base: UnsafeMutableRawPointer
     public let length: Int
     public let writable: Bool

@@ -54,6 +54,7 @@ public enum ReceiveError: Error, Equatable, CustomStringConvertible {
 /// (`peekMessage`, `buffered`, `consumeMessage`, `receiveBody(into:)`) works on the
 /// buffer in place; `receive` copies a message out of it.
 public final class MessageSocket: @unchecked Sendable {
+    // @unchecked: `rx` (not Sendable) is touched only by the one reader thread; sends serialize on `sendLock`.
     public let fd: OwnedFD
     private let sendLock = Locked(())
     // The receive side: the reader thread only.
