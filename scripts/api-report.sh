@@ -79,7 +79,7 @@ def case_names(text):
         elif ch == "," and depth == 0: names.append(cur); cur = ""; continue
         cur += ch
     names.append(cur)
-    return [m.group(0) for m in (re.match(r"\s*`?(\w+)", x) for x in names) if m]
+    return [m.group(1) for m in (re.match(r"\s*`?(\w+)", x) for x in names) if m]
 
 def documented(raw, idx):
     j = idx - 1
@@ -131,6 +131,12 @@ def scan(path):
                         undoc.append((idx + 1, t[:100]))
                 if kw in TYPES:
                     opener = (kw, is_public, kw == "protocol" and is_public)
+                # A one-line enum (`enum K { case a, b }`): its cases have no line of their own for a comment.
+                inline = re.search(r"\{\s*case\b(.*)", t)
+                if kw == "enum" and is_public and inline:
+                    for name in case_names(inline.group(1)):
+                        decls += 1
+                        undoc.append((idx + 1, "case " + name + " (in a one-line enum)"))
         if opener is not None:
             pending = opener
         # Walk the braces of the stripped line to keep the scope stack.
