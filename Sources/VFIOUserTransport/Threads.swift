@@ -59,6 +59,7 @@ public final class Completion<Value: Sendable>: @unchecked Sendable {
     private let lock = ConditionLock()
     private var value: Value?
 
+    /// An empty hand-over; the first `fulfil` fills it.
     public init() {}
 
     /// Hands over `v`; the first value wins.
