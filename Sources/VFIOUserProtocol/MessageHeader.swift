@@ -7,7 +7,7 @@ public struct Command: RawRepresentable, Hashable, Sendable, CustomStringConvert
     /// Wraps a raw command number (unknown numbers are kept, not rejected).
     public init(_ v: UInt16) { rawValue = v }
 
-    /// `VFIO_USER_VERSION` (1): protocol version and capability negotiation (§3.0).
+    /// `VFIO_USER_VERSION` (1): protocol version and capability negotiation (§2).
     public static let version = Command(1)
     /// `VFIO_USER_DMA_MAP` (2): the client adds guest memory the device may reach (§3.1).
     public static let dmaMap = Command(2)
@@ -33,15 +33,15 @@ public struct Command: RawRepresentable, Hashable, Sendable, CustomStringConvert
     public static let dmaWrite = Command(12)
     /// `VFIO_USER_DEVICE_RESET` (13): a function-level reset of the device (§3.10).
     public static let deviceReset = Command(13)
-    /// `VFIO_USER_DIRTY_PAGES` (14): legacy migration v1 dirty bitmaps; refused (§3.11).
+    /// `VFIO_USER_DIRTY_PAGES` (14): migration v1 dirty bitmaps, removed from the protocol (§3.14).
     public static let dirtyPages = Command(14)
-    /// `VFIO_USER_REGION_WRITE_MULTI` (15): several posted writes in one message (§3.12).
+    /// `VFIO_USER_REGION_WRITE_MULTI` (15): several posted writes in one message (§3.11).
     public static let regionWriteMulti = Command(15)
-    /// `VFIO_USER_DEVICE_FEATURE` (16): migration state, dirty logging and other features (§3.13).
+    /// `VFIO_USER_DEVICE_FEATURE` (16): migration state, dirty logging and other features (§3.12).
     public static let deviceFeature = Command(16)
-    /// `VFIO_USER_MIG_DATA_READ` (17): the client reads the migration stream (§3.14).
+    /// `VFIO_USER_MIG_DATA_READ` (17): the client reads the migration stream (§3.13, §5.3).
     public static let migDataRead = Command(17)
-    /// `VFIO_USER_MIG_DATA_WRITE` (18): the client writes the migration stream (§3.14).
+    /// `VFIO_USER_MIG_DATA_WRITE` (18): the client writes the migration stream (§3.13, §5.3).
     public static let migDataWrite = Command(18)
 
     /// The protocol's name (`"REGION_READ"`), or `command N` for unknown numbers.

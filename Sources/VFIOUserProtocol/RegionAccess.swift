@@ -110,7 +110,7 @@ public struct WriteMulti: WirePayload, Hashable {
         }
     }
 
-    /// Decodes a count and that many entries; throws for a count above `WriteMultiEntry.maxCount`.
+    /// Decodes a u64 count and that many entries; throws `.truncated` when fewer are there (`maxCount` is not checked here).
     public init(from r: inout WireReader) throws(ProtocolError) {
         let n = try r.u64()
         guard n <= UInt64(r.remaining / WriteMultiEntry.size) else {

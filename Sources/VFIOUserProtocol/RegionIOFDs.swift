@@ -106,7 +106,7 @@ public struct RegionIOFDsReply: WirePayload, Hashable {
                   count: UInt32(entries.count), entries: entries)
     }
 
-    /// Decodes the header and as many entries as the payload holds.
+    /// Decodes the header and `count` entries, or none for a header-only reply; throws `.truncated` when entries are short.
     public init(from r: inout WireReader) throws(ProtocolError) {
         argsz = try r.u32(); flags = try r.u32(); index = try r.u32(); count = try r.u32()
         entries = []

@@ -97,7 +97,7 @@ public struct ZPCIGroup: Hashable, Sendable {
         return .unknown(id: DeviceInfoCapabilityID.zpciGroup, version: 2, body: w.bytes)
     }
 
-    /// The typed group, or nil when `cap` is not a version-2 ZPCI_GROUP or is short.
+    /// The typed group, or nil when `cap` is not a ZPCI_GROUP of version 1 or 2, or is short.
     public init?(_ cap: DeviceInfoCapability) {
         guard case .unknown(DeviceInfoCapabilityID.zpciGroup, let v, let body) = cap, v == 1 || v == 2 else { return nil }
         var r = WireReader(body)
