@@ -80,7 +80,7 @@ public final class MessageSocket: @unchecked Sendable {
         rx = ReceiveBuffer(capacity: Self.receiveBufferSize)
     }
 
-    /// Connects to the Unix socket at `path`; throws `.system` naming the failing call.
+    /// Connects to the Unix socket at `path`; throws `.system` naming the failing call, `.refused` for a path too long for sockaddr_un.
     public static func connect(path: String) throws(TransportError) -> MessageSocket {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw .system("socket", errno) }

@@ -36,7 +36,7 @@ public final class UnixListener: Sendable {
     /// The listening socket.
     public let fd: OwnedFD
 
-    /// Listens at `path` (mode 0600), replacing only a stale socket file; throws `.refused` for a live socket or any other file there.
+    /// Listens at `path` (mode 0600), replacing only a stale socket file; throws `.refused` for a live socket, any other file there or a path too long.
     public init(path: String, backlog: Int32 = 16) throws(TransportError) {
         var st = stat()
         if lstat(path, &st) == 0 {
