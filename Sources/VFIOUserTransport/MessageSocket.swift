@@ -183,6 +183,7 @@ public final class MessageSocket: @unchecked Sendable {
     /// Little-endian words of the buffered message at byte `offset` (which must be
     /// buffered), read without making a slice of the buffer.
     public func bufferedWord64(at offset: Int) -> UInt64 { rx.word64(at: offset) }
+    /// The little-endian u32 at byte `offset` of the buffered message (which must be buffered).
     public func bufferedWord32(at offset: Int) -> UInt32 { UInt32(truncatingIfNeeded: rx.word64(at: offset, width: 4)) }
 
     /// Consumes the current message, which must be wholly buffered.
