@@ -1,7 +1,7 @@
 #!/bin/bash
 # api-report.sh - the public surface of every Swift module under Sources/, per module:
 # public/open declarations, those without a `///` doc comment, `@unchecked Sendable`
-# count; then the 10 largest Swift files (Sources/ and Tests/) by lines.
+# count; then the 10 largest Swift files (Sources/ and Tests/) by lines, with their code lines.
 #
 # Usage: scripts/api-report.sh [--missing [MODULE]] [DIR]
 #   DIR        a checkout (default: the one this script lives in)
@@ -98,11 +98,12 @@ def scan(path):
     # Scope stack entries: (kind, public, members implicitly public); kind is a type keyword or "code".
     # An extension counts as public: its members are API when marked (the extended type is elsewhere).
     stack, pending = [], None
-    decls, undoc, unchecked = 0, [], 0
+    decls, undoc, unchecked, code = 0, [], 0, 0
     for idx, line in enumerate(raw):
         s = strip(line, state)
         unchecked += len(re.findall(r"@unchecked\s+Sendable", s))
         t = s.strip()
+        if t: code += 1
         in_code = any(e[0] == "code" for e in stack)
         outer = stack[-1] if stack else ("file", True, False)
         m = DECL.match(t) if not in_code else None
@@ -150,7 +151,7 @@ def scan(path):
         # only for non-type declarations; a type header may continue onto the next lines.
         if m and opener is None and not in_code:
             pending = pending if pending and pending[0] in TYPES else None
-    return len(raw) - (1 if raw and raw[-1] == "" else 0), decls, undoc, unchecked
+    return len(raw) - (1 if raw and raw[-1] == "" else 0), decls, undoc, unchecked, code
 
 rows, files = [], []
 src = os.path.join(root, "Sources")
@@ -163,9 +164,9 @@ for mod in sorted(os.listdir(src)):
         for f in sorted(fs):
             if not f.endswith(".swift"): continue
             p = os.path.join(dp, f)
-            lines, d, u, unc = scan(p)
+            lines, d, u, unc, code = scan(p)
             rel = os.path.relpath(p, root)
-            files.append((lines, rel))
+            files.append((lines, code, rel))
             n_files += 1; n_lines += lines; n_decls += d; n_unchecked += unc
             missing += [(rel, ln, what) for ln, what in u]
     if n_files == 0: continue
@@ -177,7 +178,8 @@ if os.path.isdir(tests):
         for f in fs:
             if f.endswith(".swift"):
                 p = os.path.join(dp, f)
-                files.append((sum(1 for _ in open(p, encoding="utf-8", errors="replace")), os.path.relpath(p, root)))
+                lines, _, _, _, code = scan(p)
+                files.append((lines, code, os.path.relpath(p, root)))
 
 w = max(len(r[0]) for r in rows)
 print(f"{'module':<{w}}  {'files':>5}  {'lines':>6}  {'public':>6}  {'undoc':>5}  {'unchecked':>9}")
@@ -187,9 +189,10 @@ for mod, nf, nl, nd, nu, nc, _ in rows:
     for i, v in enumerate((nf, nl, nd, nu, nc)): tot[i] += v
 print(f"{'total':<{w}}  {tot[0]:>5}  {tot[1]:>6}  {tot[2]:>6}  {tot[3]:>5}  {tot[4]:>9}")
 print()
-print("largest Swift files (Sources/, Tests/):")
-for lines, rel in sorted(files, key=lambda x: (-x[0], x[1]))[:10]:
-    print(f"{lines:>6}  {rel}")
+print("largest Swift files (Sources/, Tests/), by lines; code: lines left without comments and blanks")
+print(f"{'lines':>6}  {'code':>5}  file")
+for lines, code, rel in sorted(files, key=lambda x: (-x[0], x[2]))[:10]:
+    print(f"{lines:>6}  {code:>5}  {rel}")
 if show_missing:
     print()
     print("undocumented public declarations:")
