@@ -31,7 +31,8 @@ dir=${1:-$(dirname "$0")/..}
 [ -d "$dir/Sources" ] || { echo "api-report.sh: no Sources/ under $dir" >&2; exit 2; }
 
 exec python3 - "$dir" "$missing" "$only" <<'PY'
-import os, re, sys
+import os, re, signal, sys
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
 
 root, show_missing, only = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
 
