@@ -11,37 +11,45 @@ import CXXHash
 public struct XXH3: Sendable {
     private var state = vfu_xxh3_state()
 
+    /// A hasher for `seed`.
     public init(seed: UInt64 = 0) { vfu_xxh3_init(&state, seed) }
 
+    /// Feeds `bytes`.
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         vfu_xxh3_update(&state, base, bytes.count)
     }
 
+    /// Feeds `bytes`.
     public mutating func update<C: Collection>(_ bytes: C) where C.Element == UInt8 {
         withRawBytes(bytes) { update($0) }
     }
 
+    /// The hash of everything fed so far (the state is not consumed).
     public func digest() -> UInt64 {
         withUnsafePointer(to: state) { vfu_xxh3_digest($0) }
     }
 
+    /// The XXH3-64 of `bytes` in one call.
     public static func hash(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
         vfu_xxh3_64(bytes.baseAddress, bytes.count, seed)
     }
 
+    /// The XXH3-64 of `bytes` in one call.
     public static func hash<C: Collection>(_ bytes: C, seed: UInt64 = 0) -> UInt64 where C.Element == UInt8 {
         withRawBytes(bytes) { hash($0, seed: seed) }
     }
 
     /// Hashes many inputs with one seed, deriving the seed's secret once.
     public struct Seeded: Sendable {
+        /// The seed every `hash(_:)` uses.
         public let seed: UInt64
         private var secret: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
                              UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
                              UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
             (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
+        /// Derives the secret for `seed` once.
         public init(seed: UInt64) {
             self.seed = seed
             withUnsafeMutableBytes(of: &secret) { vfu_xxh3_secret($0.baseAddress!.assumingMemoryBound(to: UInt8.self), seed) }
@@ -54,6 +62,7 @@ public struct XXH3: Sendable {
             }
         }
 
+        /// The XXH3-64 of `bytes` with this seed; equal to `XXH3.hash(bytes, seed: seed)`.
         public func hash<C: Collection>(_ bytes: C) -> UInt64 where C.Element == UInt8 {
             withRawBytes(bytes) { hash($0) }
         }
@@ -75,6 +84,7 @@ public struct XXH64: Sendable {
     private var buffer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     private var buffered = 0
 
+    /// A hasher for `seed`.
     public init(seed: UInt64 = 0) {
         self.seed = seed
         v1 = seed &+ Self.p1 &+ Self.p2
@@ -91,6 +101,7 @@ public struct XXH64: Sendable {
         (acc ^ round(0, v)) &* p1 &+ p4
     }
 
+    /// Feeds `bytes`.
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         guard var p = bytes.baseAddress, bytes.count > 0 else { return }
         var n = bytes.count
@@ -122,10 +133,12 @@ public struct XXH64: Sendable {
         }
     }
 
+    /// Feeds `bytes`.
     public mutating func update<C: Collection>(_ bytes: C) where C.Element == UInt8 {
         withRawBytes(bytes) { update($0) }
     }
 
+    /// The hash of everything fed so far (the state is not consumed).
     public func digest() -> UInt64 {
         var h: UInt64
         if total >= 32 {
@@ -159,12 +172,14 @@ public struct XXH64: Sendable {
         return h
     }
 
+    /// The XXH64 of `bytes` in one call.
     public static func hash<C: Collection>(_ bytes: C, seed: UInt64 = 0) -> UInt64 where C.Element == UInt8 {
         var x = XXH64(seed: seed)
         x.update(bytes)
         return x.digest()
     }
 
+    /// The XXH64 of `bytes` in one call.
     public static func hash(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
         var x = XXH64(seed: seed)
         x.update(bytes)

@@ -12,19 +12,30 @@ public enum MigrationRecord {
     public static let magic: UInt32 = 0x5255_4656
     /// The stream format this build writes and reads. 2: XXH3 checksums (1 had XXH64).
     public static let formatMajor: UInt16 = 2
+    /// The minor format version; a reader accepts any minor of its major.
     public static let formatMinor: UInt16 = 0
+    /// Bytes of a record header: magic, tag, flags, length u64, seq u32, header check u32.
     public static let headerSize = 24
+    /// Bytes of a record trailer: the XXH3 of header and payload.
     public static let trailerSize = 8
+    /// Header flag bit: a reader that does not know the tag skips the record.
     public static let optionalFlag: UInt16 = 1
     /// Largest payload a loader accepts (RAM records are cut far below this).
     public static let maxPayload: UInt64 = 64 << 20
 
+    /// Record types (docs/migration.md, "Stream format").
     public enum Tag: UInt16, Sendable {
+        /// BEGIN: first and mandatory; format version and the device's identity.
         case begin = 0x01
+        /// STOP_COPY_SIZE: optional; the source's u64 estimate of what is left.
         case stopCopySize = 0x02
+        /// RAM: offset u64, then page data.
         case ram = 0x10
+        /// CORE: config space, MSI-X table and programmed vectors (`PCIDevice.saveCoreState`).
         case core = 0x11
+        /// DEVICE: the device model's registers.
         case device = 0x12
+        /// END: last and mandatory; record count, byte count and the chain of all trailers.
         case end = 0x7F
     }
 
@@ -54,12 +65,16 @@ public enum MigrationRecord {
 
 /// Why a stream was refused: an errno for the wire and a reason for people.
 public struct MigrationStreamError: Error, Sendable, CustomStringConvertible {
+    /// What goes on the wire: `EPROTO` for another format, `EBADMSG` for corruption, `ENODEV` for another device, ...
     public var errno: VFIOErrno
+    /// For people: what was wrong and where in the stream.
     public var reason: String
+    /// An error with its errno and reason.
     public init(_ errno: VFIOErrno, _ reason: String) {
         self.errno = errno
         self.reason = reason
     }
+    /// The reason followed by the errno.
     public var description: String { "\(reason) (\(errno))" }
 }
 
@@ -79,6 +94,7 @@ public protocol MigrationStreamConsumer: AnyObject {
 }
 
 extension MigrationStreamConsumer {
+    /// No direct placement: every RAM byte goes through `ram(offset:_:)`.
     public func ramBuffer(offset: UInt64, length: Int) -> UnsafeMutableRawBufferPointer? { nil }
 }
 
@@ -97,16 +113,21 @@ public final class MigrationStreamLoader {
     private var chain = XXH3()
     private var seq: UInt32 = 0
     private var bytesBeforeRecord: UInt64 = 0
+    /// Stream bytes consumed so far.
     public private(set) var bytesSeen: UInt64 = 0
+    /// The first error, which stops the load; nil while the stream is good.
     public private(set) var error: MigrationStreamError?
+    /// RAM payload bytes applied.
     public private(set) var ramBytes: UInt64 = 0
 
+    /// A loader feeding `consumer`, which must outlive it (it is held unowned).
     public init(consumer: any MigrationStreamConsumer) { self.consumer = consumer }
 
     private func fail(_ e: VFIOErrno, _ why: String) {
         if error == nil { error = MigrationStreamError(e, why + " (at stream byte \(bytesSeen), record \(seq))") }
     }
 
+    /// Feeds the next stream bytes (any chunking); after an error they are ignored.
     public func write(_ data: UnsafeRawBufferPointer) {
         var p = 0
         while p < data.count && error == nil {
@@ -172,6 +193,7 @@ public final class MigrationStreamLoader {
 
     private var trailer: [UInt8] = []
 
+    /// Feeds the next stream bytes (any chunking); after an error they are ignored.
     public func write(_ data: ArraySlice<UInt8>) {
         data.withUnsafeBytes { write($0) }
     }

@@ -6,6 +6,7 @@
 
 import VFIOUserProtocol
 
+/// pcapng files of vfio-user messages: one packet per message, with the `CaptureRecord` pseudo-header.
 public enum Pcapng {
     /// LINKTYPE_USER0: a private link type; contrib/wireshark/vfio-user.lua claims it.
     public static let linkTypeUser0: UInt16 = 147
@@ -63,9 +64,13 @@ public enum Pcapng {
 
     /// A packet as read back from a file.
     public struct Packet: Sendable, Hashable {
+        /// The interface's link type (`linkTypeUser0` for our captures).
         public var linkType: UInt16
+        /// Microseconds since the Unix epoch.
         public var timestampMicros: UInt64
+        /// The captured bytes.
         public var data: [UInt8]
+        /// The packet's length on the wire (more than `data.count` when it was truncated).
         public var originalLength: Int
     }
 

@@ -4,6 +4,7 @@
 
 import VFIOUserProtocol
 
+/// Checks the messages of one connection, in order, against every `ValidationRule`.
 public struct ProtocolValidator: Sendable {
     /// What a command said that its reply is checked against.
     struct Outstanding: Sendable {
@@ -24,6 +25,7 @@ public struct ProtocolValidator: Sendable {
     /// Requests that asked for no reply, remembered briefly to name a reply to one.
     private var noReplyIDs: [CaptureDirection: [UInt16: Command]] = [.clientToServer: [:], .serverToClient: [:]]
 
+    /// A validator for a new connection (nothing seen yet).
     public init() {}
 
     /// Checks one message. `message` holds the captured bytes (maybe fewer than

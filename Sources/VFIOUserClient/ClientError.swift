@@ -5,6 +5,7 @@ import VFIOUserTransport
 public enum ClientError: Error, CustomStringConvertible, Equatable {
     /// The server answered with an error reply.
     case server(Command, VFIOErrno)
+    /// Sending or receiving failed at the socket.
     case transport(TransportError)
     /// The server's reply could not be decoded.
     case malformedReply(Command, String)
@@ -13,6 +14,7 @@ public enum ClientError: Error, CustomStringConvertible, Equatable {
     /// The connection is gone.
     case disconnected
 
+    /// One line naming the command and the errno or cause.
     public var description: String {
         switch self {
         case .server(let c, let e): "\(c) failed: \(e)"

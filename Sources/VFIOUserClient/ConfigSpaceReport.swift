@@ -59,6 +59,7 @@ public enum ConfigSpaceReport {
     /// report describes any server's bytes, so nothing in them may trap.
     static func read32(_ cfg: [UInt8], _ at: Int) -> UInt32 { at >= 0 && at + 4 <= cfg.count ? cfg.le32(at: at) : 0 }
 
+    /// An `lspci -vv`-like description of config space `cfg` and the device's `regions`; never traps on short or odd bytes.
     public static func describe(_ cfg: [UInt8], regions: [(UInt32, RegionInfo)]) -> String {
         guard cfg.count >= 64 else { return "config space too short (\(cfg.count) bytes)" }
         var o: [String] = []
@@ -144,6 +145,7 @@ public enum ConfigSpaceReport {
         return o.joined(separator: "\n")
     }
 
+    /// `s` in the largest unit that divides it exactly: `4K`, `16M`, `1G`, or bytes.
     public static func sizeString(_ s: UInt64) -> String {
         if s >= 1 << 30, s % (1 << 30) == 0 { return "\(s >> 30)G" }
         if s >= 1 << 20, s % (1 << 20) == 0 { return "\(s >> 20)M" }

@@ -64,6 +64,7 @@ extension VFIOUserClient {
         return MigrationChunk(payload: p)
     }
 
+    /// MIG_DATA_READ of at most `max` bytes, copied out; empty when the device has nothing more for now.
     public func readMigrationData(max: Int) throws(ClientError) -> [UInt8] { Array(try readMigrationChunk(max: max).data) }
 
     /// MIG_DATA_WRITE of a chunk.
@@ -71,6 +72,7 @@ extension VFIOUserClient {
         try call(.migDataWrite, payload: chunk.payload)
     }
 
+    /// MIG_DATA_WRITE of `data`.
     public func writeMigrationData<C: Collection>(_ data: C) throws(ClientError) where C.Element == UInt8 {
         try writeMigrationChunk(MigrationChunk(data: data))
     }
@@ -85,6 +87,7 @@ extension VFIOUserClient {
         return d.le64(at: 0)
     }
 
+    /// DMA_LOGGING_STOP: ends dirty logging of every range.
     public func stopDirtyLogging() throws(ClientError) {
         _ = try feature(DeviceFeature.dmaLoggingStop, set: true)
     }
@@ -117,9 +120,11 @@ extension VFIOUserClient {
 /// One MIG_DATA_READ reply payload (argsz, size, data), which is also a valid
 /// MIG_DATA_WRITE payload: the stream moves without being copied again.
 public struct MigrationChunk: Sendable {
+    /// `argsz` u32, `size` u32, then the data: ready to send as a MIG_DATA_WRITE payload.
     public let payload: [UInt8]
     init(payload: [UInt8]) { self.payload = payload }
 
+    /// A chunk carrying a copy of `data`.
     public init<C: Collection>(data: C) where C.Element == UInt8 {
         var p = [UInt8](repeating: 0, count: 8)
         p.reserveCapacity(8 + data.count)
@@ -129,21 +134,31 @@ public struct MigrationChunk: Sendable {
         payload = p
     }
 
+    /// Stream bytes in the chunk.
     public var count: Int { payload.count - 8 }
+    /// Whether the chunk carries no stream bytes (the end of a phase).
     public var isEmpty: Bool { count == 0 }
+    /// The stream bytes, without copying.
     public var data: ArraySlice<UInt8> { payload[8...] }
 }
 
 /// What a refused migration stream means, from the errno of the RESUMING→STOP arc
 /// (docs/migration.md, "Errors").
 public enum MigrationStreamVerdict: Equatable, Sendable, CustomStringConvertible {
-    case corrupted      // EBADMSG
-    case truncated      // ENODATA
-    case wrongDevice    // ENODEV
-    case notAStream     // EPROTO
-    case unknownRecord  // EOPNOTSUPP
+    /// `EBADMSG`: a checksum, header or sequence check failed.
+    case corrupted
+    /// `ENODATA`: the stream ended before its END record.
+    case truncated
+    /// `ENODEV`: the stream is from another kind of device or another configuration.
+    case wrongDevice
+    /// `EPROTO`: not a stream of ours, or a format this device does not read.
+    case notAStream
+    /// `EOPNOTSUPP`: a mandatory record this device does not know.
+    case unknownRecord
+    /// Any other errno.
     case other(VFIOErrno)
 
+    /// The verdict for the errno of the refused RESUMING→STOP arc.
     public init(_ e: VFIOErrno) {
         switch e.rawValue {
         case 74: self = .corrupted
@@ -155,6 +170,7 @@ public enum MigrationStreamVerdict: Equatable, Sendable, CustomStringConvertible
         }
     }
 
+    /// What happened to the stream, for people.
     public var description: String {
         switch self {
         case .corrupted: "the stream is corrupted (a checksum or framing check failed)"

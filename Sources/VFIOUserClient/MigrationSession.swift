@@ -1,9 +1,10 @@
 import Glibc
+import Synchronization
 import VFIOUserProtocol
 import VFIOUserTransport
 
 /// Where a device's migration stream comes from or goes to.
-public enum MigrationEndpoint: @unchecked Sendable {
+public enum MigrationEndpoint: Sendable {
     /// A device served by a vfio-user server (the connection is used for migration only).
     case device(VFIOUserClient)
     /// A file holding exactly the stream.
@@ -12,22 +13,40 @@ public enum MigrationEndpoint: @unchecked Sendable {
 
 /// Progress, reported after each chunk.
 public struct MigrationProgress: Sendable {
-    public enum Phase: String, Sendable { case preCopy = "pre-copy", stopCopy = "stop-copy", resume = "resume" }
+    /// Where the migration is.
+    public enum Phase: String, Sendable {
+        /// The source runs while its state is copied, round after round.
+        case preCopy = "pre-copy"
+        /// The source is stopped; the rest of its state is copied.
+        case stopCopy = "stop-copy"
+        /// The destination loads what it received.
+        case resume = "resume"
+    }
+    /// The current phase.
     public var phase: Phase
+    /// Pre-copy round, from 0.
     public var round: Int
-    public var bytes: UInt64            // moved so far, all phases
+    /// Stream bytes moved so far, all phases.
+    public var bytes: UInt64
+    /// Stream bytes moved in this phase.
     public var phaseBytes: UInt64
-    public var remaining: UInt64?       // the device's estimate of what is left in this phase
-    public var elapsed: Double          // seconds since the start
+    /// The device's estimate of what is left in this phase, if it gives one.
+    public var remaining: UInt64?
+    /// Seconds since the start.
+    public var elapsed: Double
 }
 
 /// What a migration did.
 public struct MigrationReport: Sendable {
+    /// Pre-copy rounds run.
     public var preCopyRounds = 0
+    /// Stream bytes moved during pre-copy.
     public var preCopyBytes: UInt64 = 0
+    /// Stream bytes moved during stop-copy.
     public var stopCopyBytes: UInt64 = 0
     /// Bytes the source still reported (initial + dirty) when it was stopped.
     public var remainingAtStop: UInt64 = 0
+    /// Seconds spent in pre-copy.
     public var preCopySeconds = 0.0
     /// STOP_COPY requested → last byte delivered.
     public var stopCopySeconds = 0.0
@@ -35,8 +54,11 @@ public struct MigrationReport: Sendable {
     public var directDataPath = false
     /// Source stopped (STOP_COPY requested) → destination RUNNING (or the file closed).
     public var downtimeSeconds = 0.0
+    /// Seconds from start to finish.
     public var totalSeconds = 0.0
+    /// Stream bytes moved in all.
     public var totalBytes: UInt64 { preCopyBytes + stopCopyBytes }
+    /// Stop-copy bytes per second (0 when stop-copy took no measurable time).
     public var stopCopyThroughput: Double { stopCopySeconds > 0 ? Double(stopCopyBytes) / stopCopySeconds : 0 }
 
     /// One JSON object (the `vfu migrate --json` summary).
@@ -51,15 +73,20 @@ public struct MigrationReport: Sendable {
 
 /// Why a migration failed, and what was done about it.
 public struct MigrationFailure: Error, CustomStringConvertible, Sendable {
+    /// What was being done (`"setup"`, `"pre-copy"`, `"writing FILE"`, ...).
     public var phase: String
+    /// The client error behind the failure, if a call failed.
     public var error: ClientError?
+    /// Why, for people.
     public var reason: String
     /// The stream verdict when the destination refused the stream at the end of RESUMING.
     public var verdict: MigrationStreamVerdict?
     /// The source's state after recovery (RUNNING when it was put back), if it is a device.
     public var sourceState: MigrationState?
+    /// The destination's state after recovery, if it is a device.
     public var destinationState: MigrationState?
 
+    /// One line: the phase, the reason and where both ends were left.
     public var description: String {
         var s = "migration failed during \(phase): \(reason)"
         if let sourceState { s += "; source is \(sourceState)" }
@@ -72,16 +99,21 @@ public struct MigrationFailure: Error, CustomStringConvertible, Sendable {
 /// left falls under `threshold` or `maxRounds` is reached; stop-copy; resume on the
 /// destination. If anything fails, the source is returned to RUNNING.
 public struct Migrator {
+    /// Where the stream comes from.
     public var source: MigrationEndpoint
+    /// Where the stream goes.
     public var destination: MigrationEndpoint
     /// Largest MIG_DATA_READ / WRITE (further limited by both servers' max_data_xfer_size).
     public var chunkSize = 1 << 20
+    /// Most pre-copy rounds before stop-copy, whatever is left.
     public var maxRounds = 8
     /// Stop pre-copy once the source reports at most this many bytes left.
     public var threshold: UInt64 = 4 << 20
+    /// Whether to run pre-copy at all (when the source offers it).
     public var preCopy = true
     /// After a save to a file, return the source to RUNNING (a snapshot) instead of leaving it stopped.
     public var resumeSourceAfterSave = false
+    /// Called after each chunk, on the thread that runs `run()`.
     public var progress: ((MigrationProgress) -> Void)?
     /// Called after each pre-copy round (a VMM syncs dirty guest RAM here).
     public var afterPreCopyRound: ((Int) throws -> Void)?
@@ -98,6 +130,7 @@ public struct Migrator {
     /// relaying every byte through this client (half the copies).
     public var directDataPath = true
 
+    /// A migration from `source` to `destination` with the default settings; `run()` starts it.
     public init(source: MigrationEndpoint, destination: MigrationEndpoint) {
         self.source = source
         self.destination = destination
@@ -424,10 +457,10 @@ private final class ChunkQueue: @unchecked Sendable {
 }
 
 /// A plain file for `--to-file` / `--from-file`.
-final class MigrationFile: @unchecked Sendable {
+final class MigrationFile: Sendable {
     let fd: Int32
     let path: String
-    private var closed = false
+    private let closed = Atomic<Bool>(false)
 
     private init(fd: Int32, path: String) {
         self.fd = fd
@@ -480,7 +513,7 @@ final class MigrationFile: @unchecked Sendable {
     }
 
     func close() {
-        if !closed { closed = true; Glibc.close(fd) }
+        if !closed.exchange(true, ordering: .relaxed) { Glibc.close(fd) }
     }
 
     deinit { close() }

@@ -9,9 +9,12 @@ import VFIOUserTransport
 /// client also answers the server's own requests (DMA_READ / DMA_WRITE into memory
 /// mapped without an fd), so a server may interleave them as the protocol allows.
 public final class VFIOUserClient: @unchecked Sendable {
+    // @unchecked: calls hold `lock` for all mutable state; `timeoutMs` is set by the owner between calls.
+    /// The connection to the server.
     public let socket: MessageSocket
     /// What the server said in its VERSION reply.
     public private(set) var serverVersion = VersionPayload(major: 0, minor: 0, capabilities: nil)
+    /// The server's capabilities with the protocol defaults applied.
     public var serverCapabilities: VersionCapabilities { serverVersion.effectiveCapabilities }
     /// Our own VERSION capabilities.
     public let capabilities: VersionCapabilities
@@ -19,6 +22,7 @@ public final class VFIOUserClient: @unchecked Sendable {
     public var timeoutMs: Int32 = 5000
     /// Counts of server→client requests served, for tests and statistics.
     public private(set) var servedDMAReads = 0
+    /// DMA_WRITE requests served.
     public private(set) var servedDMAWrites = 0
 
     private let lock = ClientLock()
@@ -26,6 +30,7 @@ public final class VFIOUserClient: @unchecked Sendable {
     // Memory we mapped without an fd, which the server reaches through messages.
     private var messageDMA: [(address: UInt64, size: UInt64, memory: ClientMemory, offset: Int)] = []
 
+    /// What we offer in VERSION: 16 fds per message, 1 MiB transfers, 4 KiB pages, 65535 mappings.
     public static let defaultCapabilities = VersionCapabilities(
         maxMsgFDs: 16, maxDataXferSize: 1 << 20, pgsizes: 4096, maxDMAMaps: 65535)
 
@@ -38,11 +43,13 @@ public final class VFIOUserClient: @unchecked Sendable {
         if negotiate { try self.negotiate() }
     }
 
+    /// Wraps a connected socket without negotiating (call `negotiate()` before anything else).
     public init(socket: MessageSocket, capabilities: VersionCapabilities = VFIOUserClient.defaultCapabilities) {
         self.socket = socket
         self.capabilities = capabilities
     }
 
+    /// Closes the connection; later calls fail with `.transport` or `.disconnected`.
     public func close() { socket.fd.close() }
 
     deinit { socket.fd.close() }
@@ -159,6 +166,7 @@ public final class VFIOUserClient: @unchecked Sendable {
 
     // MARK: Negotiation and information
 
+    /// VERSION: sends our capabilities and records the server's reply in `serverVersion`; throws `.malformedReply` for a major version other than 0.
     public func negotiate() throws(ClientError) {
         let req = VersionPayload(major: 0, minor: 0, capabilities: capabilities)
         let reply = try call(.version, payload: req.encoded)
@@ -169,6 +177,7 @@ public final class VFIOUserClient: @unchecked Sendable {
     /// Whether the server agreed to one of our protocol extensions.
     public func hasExtension(_ name: String) -> Bool { serverCapabilities.hasExtension(name) }
 
+    /// DEVICE_GET_INFO with `argsz` (16 for the standard form, 24 for ours with capabilities).
     public func deviceInfo(argsz: UInt32 = 16) throws(ClientError) -> DeviceInfo {
         let reply = try call(.deviceGetInfo, payload: DeviceInfo(argsz: argsz).encoded)
         do { return try DeviceInfo(payload: reply) } catch { throw .malformedReply(.deviceGetInfo, "\(error)") }
@@ -219,11 +228,13 @@ public final class VFIOUserClient: @unchecked Sendable {
         }
     }
 
+    /// DEVICE_GET_IRQ_INFO for IRQ `index`.
     public func irqInfo(_ index: UInt32) throws(ClientError) -> IRQInfo {
         let reply = try call(.deviceGetIRQInfo, payload: IRQInfo(argsz: 16, index: index).encoded)
         do { return try IRQInfo(payload: reply) } catch { throw .malformedReply(.deviceGetIRQInfo, "\(error)") }
     }
 
+    /// DEVICE_SET_IRQS with explicit fields; `fds` ride along with the message.
     public func setIRQs(index: UInt32, flags: SetIRQFlags, start: UInt32, count: UInt32, data: [UInt8] = [],
                         fds: [Int32] = []) throws(ClientError) {
         let req = SetIRQs(argsz: UInt32(20 + data.count), flags: flags, index: index, start: start, count: count, data: data)
@@ -240,16 +251,19 @@ public final class VFIOUserClient: @unchecked Sendable {
         return fds
     }
 
+    /// Disables every vector of IRQ `index` (DATA_NONE | TRIGGER with count 0).
     public func disableIRQs(index: UInt32) throws(ClientError) {
         try setIRQs(index: index, flags: [.dataNone, .actionTrigger], start: 0, count: 0)
     }
 
+    /// Masks or unmasks one vector of IRQ `index`.
     public func maskIRQ(index: UInt32, vector: UInt32, masked: Bool) throws(ClientError) {
         try setIRQs(index: index, flags: [.dataNone, masked ? .actionMask : .actionUnmask], start: vector, count: 1)
     }
 
     // MARK: Region access
 
+    /// REGION_READ of `count` bytes; throws `.malformedReply` when the reply carries more than asked or fewer than it claims.
     public func read(region: UInt32, offset: UInt64, count: Int) throws(ClientError) -> [UInt8] {
         let reply = try call(.regionRead, payload: RegionAccess(offset: offset, region: region, count: UInt32(count)).encoded)
         do {
@@ -267,31 +281,38 @@ public final class VFIOUserClient: @unchecked Sendable {
         if posted { try post(.regionWrite, payload: payload) } else { try call(.regionWrite, payload: payload) }
     }
 
+    /// A little-endian u32 read at `offset` of `region`.
     public func read32(region: UInt32, offset: UInt64) throws(ClientError) -> UInt32 {
         let b = try read(region: region, offset: offset, count: 4)
         guard b.count == 4 else { throw .malformedReply(.regionRead, "short read") }
         return b.le32(at: 0)
     }
 
+    /// A little-endian u32 write at `offset` of `region`; `posted` sends it with NO_REPLY.
     public func write32(region: UInt32, offset: UInt64, _ v: UInt32, posted: Bool = false) throws(ClientError) {
         var b = [UInt8](repeating: 0, count: 4)
         b.setLE32(v, at: 0)
         try write(region: region, offset: offset, b, posted: posted)
     }
 
+    /// Reads `count` bytes of config space.
     public func readConfig(offset: UInt64, count: Int) throws(ClientError) -> [UInt8] {
         try read(region: RegionIndex.config.rawValue, offset: offset, count: count)
     }
 
+    /// Reads a u16 of config space.
     public func readConfig16(_ offset: UInt64) throws(ClientError) -> UInt16 { try readConfig(offset: offset, count: 2).le16(at: 0) }
+    /// Reads a u32 of config space.
     public func readConfig32(_ offset: UInt64) throws(ClientError) -> UInt32 { try read32(region: RegionIndex.config.rawValue, offset: offset) }
 
+    /// Writes a u16 of config space.
     public func writeConfig16(_ offset: UInt64, _ v: UInt16) throws(ClientError) {
         var b = [UInt8](repeating: 0, count: 2)
         b.setLE16(v, at: 0)
         try write(region: RegionIndex.config.rawValue, offset: offset, b)
     }
 
+    /// Writes a u32 of config space.
     public func writeConfig32(_ offset: UInt64, _ v: UInt32) throws(ClientError) {
         try write32(region: RegionIndex.config.rawValue, offset: offset, v)
     }
@@ -313,16 +334,19 @@ public final class VFIOUserClient: @unchecked Sendable {
         lock.withLock { messageDMA.append((address, UInt64(memory.size), memory, 0)) }
     }
 
+    /// DMA_UNMAP of the mapping at `address` of `size` bytes.
     public func dmaUnmap(address: UInt64, size: UInt64) throws(ClientError) {
         try call(.dmaUnmap, payload: DMAUnmapRequest(address: address, size: size).encoded)
         lock.withLock { messageDMA.removeAll { $0.address == address && $0.size == size } }
     }
 
+    /// DMA_UNMAP with the ALL flag: drops every mapping.
     public func dmaUnmapAll() throws(ClientError) {
         try call(.dmaUnmap, payload: DMAUnmapRequest(flags: .all, address: 0, size: 0).encoded)
         lock.withLock { messageDMA.removeAll() }
     }
 
+    /// DEVICE_RESET.
     public func reset() throws(ClientError) { try call(.deviceReset, payload: []) }
 
     // MARK: Device features

@@ -2,18 +2,28 @@ import Glibc
 
 /// The outcome of one conformance check.
 public struct ConformanceResult: Sendable, Equatable {
+    /// How a check came out.
     public enum Outcome: String, Sendable, Equatable {
-        case pass = "PASS", fail = "FAIL", warn = "WARN", skip = "SKIP"
+        /// The server does what the protocol requires.
+        case pass = "PASS"
+        /// The server breaks a requirement; `vfu conform` exits 1.
+        case fail = "FAIL"
+        /// Allowed, but something QEMU or the protocol's intent would not expect.
+        case warn = "WARN"
+        /// Not run: the server lacks the feature, or the check needs a fresh server.
+        case skip = "SKIP"
     }
 
     /// A short stable name, e.g. `version.reply-not-longer`.
     public var id: String
+    /// How the check came out.
     public var outcome: Outcome
     /// What was seen (and, for a failure, what was expected).
     public var detail: String
     /// Where the rule comes from (reference section or "QEMU").
     public var source: String
 
+    /// A result with the given fields.
     public init(id: String, outcome: Outcome, detail: String, source: String) {
         self.id = id
         self.outcome = outcome
@@ -21,6 +31,7 @@ public struct ConformanceResult: Sendable, Equatable {
         self.source = source
     }
 
+    /// `OUTCOME id: detail [source]`, as `vfu conform` prints it.
     public var line: String { "\(outcome.rawValue) \(id): \(detail) [\(source)]" }
 
     var json: String {
@@ -42,9 +53,12 @@ public struct ConformanceResult: Sendable, Equatable {
 
 /// A finished run.
 public struct ConformanceReport: Sendable {
+    /// The socket path or the server command the suite ran against.
     public var server: String
+    /// Every check's result, in the order they ran.
     public var results: [ConformanceResult]
 
+    /// How many checks came out `o`.
     public func count(_ o: ConformanceResult.Outcome) -> Int { results.filter { $0.outcome == o }.count }
 
     /// One line per check, then "N passed, M failed" (warnings and skips after).
@@ -53,6 +67,7 @@ public struct ConformanceReport: Sendable {
             + "\n\(count(.pass)) passed, \(count(.fail)) failed, \(count(.warn)) warnings, \(count(.skip)) skipped"
     }
 
+    /// One JSON object: counts and every result (`vfu conform --json`).
     public var json: String {
         "{\"server\":\"\(server)\",\"passed\":\(count(.pass)),\"failed\":\(count(.fail)),\"warnings\":\(count(.warn)),"
             + "\"skipped\":\(count(.skip)),\"results\":[\(results.map(\.json).joined(separator: ","))]}"

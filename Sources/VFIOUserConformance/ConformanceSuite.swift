@@ -13,7 +13,9 @@ import VFIOUserTransport
 /// device registers other than config space scratch fields (interrupt line), so it
 /// is safe against a live device.
 public struct ConformanceSuite: Sendable {
+    /// The server's socket.
     public var socketPath: String
+    /// Milliseconds to wait for each reply.
     public var timeoutMs: Int32
     /// nil: find out (a second client while the first stays connected).
     public var connectionModel: ConnectionModel?
@@ -29,6 +31,7 @@ public struct ConformanceSuite: Sendable {
     /// Where the launched server's output goes (nil: a temporary file, removed).
     public var serverLogPath: String?
 
+    /// A suite against `socketPath` with the given options; nothing runs until `run()`.
     public init(socketPath: String, timeoutMs: Int32 = 3000, connectionModel: ConnectionModel? = nil, disruptive: Bool = false,
                 serverCommand: String? = nil, launchTimeoutMs: Int = 10_000, serverLogPath: String? = nil) {
         self.socketPath = socketPath
@@ -44,6 +47,7 @@ public struct ConformanceSuite: Sendable {
     /// states) run: asked for, or the server is the suite's own.
     var mutating: Bool { disruptive || serverCommand != nil }
 
+    /// Runs every check and returns the results; failures are results, never thrown.
     public func run() -> ConformanceReport {
         var r = Recorder()
         let server = serverCommand.map { ServerProcess(template: $0, launchTimeoutMs: launchTimeoutMs, logPath: serverLogPath) }

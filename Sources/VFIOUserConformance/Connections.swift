@@ -9,7 +9,9 @@ import VFIOUserTransport
 /// that needs a connection of its own gets one by relaunching the server when the suite
 /// runs it (`--server-cmd`); without that, such checks are skipped.
 public enum ConnectionModel: String, Sendable {
+    /// Any number of clients at once.
     case concurrent
+    /// One client at a time (libvfio-user).
     case oneAtATime = "one-at-a-time"
 }
 

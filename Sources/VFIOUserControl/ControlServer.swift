@@ -10,6 +10,7 @@ import VFIOUserTransport
 /// The socket is created mode 0600 and every client's uid is checked with SO_PEERCRED:
 /// a client running as another user is refused even if the file's mode was changed.
 public final class ControlServer: Sendable {
+    /// The devices requests can address, by name.
     public let devices: [ControlledDevice]
     private let listener: UnixListener
     private let logger: Logger

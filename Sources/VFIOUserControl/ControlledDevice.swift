@@ -16,7 +16,10 @@ import VFIOUserTransport
 /// Locks: the device lock may be held when this takes its own (DMA, interrupts,
 /// resets); this never takes the device lock while holding its own.
 public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendable {
+    // @unchecked: only `let`s; mutable state is in `stateLock`, `serverBox` (`Locked`) and `everyCommand` (`Atomic`).
+    /// The spec's name: how control requests address the device.
     public let name: String
+    /// The device followed.
     public let device: PCIDevice
     /// Indexed by region.
     let modeled: [ModeledMap]
@@ -115,8 +118,10 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
 
     // MARK: ServerHooks (the connection threads)
 
+    /// Notes the start time; the token returned comes back in `commandDidFinish`.
     public func commandWillStart(_ header: MessageHeader, session: SessionID) -> UInt64 { Clock.monoNs() }
 
+    /// Whether a watcher or a fault needs every command with its bytes (else region accesses take the fast path).
     public var needsEveryCommand: Bool { everyCommand.load(ordering: .relaxed) }
 
     /// The fast path's report: counters, latency, the unmodeled and polling reports,
@@ -134,6 +139,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
         }
     }
 
+    /// Counts the command, feeds watchers and applies delay and disconnect faults to its reply.
     public func commandDidFinish(_ header: MessageHeader, request: [UInt8], reply: inout [UInt8]?, error: VFIOErrno?,
                                  session: SessionID, token: UInt64) -> ReplyDisposition {
         let now = Clock.monoNs()
@@ -338,6 +344,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
 
     // MARK: DeviceProbe (under the device lock)
 
+    /// Applies armed `dma` faults (returning the errno the device then sees) and feeds watchers.
     public func dmaWillStart(address: UInt64, count: Int, write: Bool) -> VFIOErrno? {
         withState { s -> VFIOErrno? in
             if s.faults.isEmpty && s.watchers.isEmpty { return nil }
@@ -360,6 +367,7 @@ public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendab
         }
     }
 
+    /// Feeds watchers an `irq` event.
     public func interruptSignalled(index: Int, vector: Int) {
         withState { s in
             guard !s.watchers.isEmpty else { return }

@@ -1,5 +1,6 @@
 import Glibc
 import VFIOUserProtocol
+import VFIOUserTransport
 
 /// Clocks: monotonic for latencies and scopes, wall time for events and reports.
 enum Clock {
@@ -84,49 +85,32 @@ struct RawEvent: Sendable {
 /// watcher's socket); the watcher's own thread drains and writes. Bounded: when the
 /// watcher falls behind, events are dropped and counted.
 final class Watcher: @unchecked Sendable {
+    // @unchecked: `items` and `dropped` are only touched with `lock` held (the hot path and the
+    // watcher's thread both take it; waiting needs the condition variable, which `Locked` has not).
     let kinds: Set<RawEvent.Kind>
     static let capacity = 1 << 16
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let lock = ConditionLock()
     private var items: [RawEvent] = []
     private var dropped = 0
 
-    init(kinds: Set<RawEvent.Kind>) {
-        self.kinds = kinds
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-        cond.deallocate()
-    }
+    init(kinds: Set<RawEvent.Kind>) { self.kinds = kinds }
 
     func push(_ e: RawEvent) {
-        pthread_mutex_lock(mutex)
-        if items.count < Self.capacity { items.append(e) } else { dropped += 1 }
-        pthread_cond_signal(cond)
-        pthread_mutex_unlock(mutex)
+        lock.withLock {
+            if items.count < Self.capacity { items.append(e) } else { dropped += 1 }
+            lock.signal()
+        }
     }
 
     /// Everything queued, waiting up to `timeoutMs` for something; and how many were dropped since.
     func take(timeoutMs: Int) -> ([RawEvent], Int) {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        if items.isEmpty && dropped == 0 {
-            var ts = timespec()
-            clock_gettime(CLOCK_REALTIME, &ts)
-            ts.tv_sec += timeoutMs / 1000
-            ts.tv_nsec += (timeoutMs % 1000) * 1_000_000
-            if ts.tv_nsec >= 1_000_000_000 { ts.tv_sec += 1; ts.tv_nsec -= 1_000_000_000 }
-            _ = pthread_cond_timedwait(cond, mutex, &ts)
+        lock.withLock {
+            if items.isEmpty && dropped == 0 { lock.wait(untilMonotonicMs: monotonicMs() + timeoutMs) }
+            let out = items, d = dropped
+            items.removeAll(keepingCapacity: true)
+            dropped = 0
+            return (out, d)
         }
-        let out = items, d = dropped
-        items.removeAll(keepingCapacity: true)
-        dropped = 0
-        return (out, d)
     }
 }
 

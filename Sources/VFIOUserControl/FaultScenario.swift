@@ -7,6 +7,7 @@ import VFIOUserProtocol
 /// server starts, most of them waiting for a trigger. Validated against the built
 /// device; errors name the file, the field (`faults[1].trigger.onWrite.offset`) and the reason.
 public struct FaultScenario: Sendable {
+    /// The faults, in the order the spec lists them.
     public var faults: [FaultSpec]
 
     static let keys: Set<String> = [
@@ -16,6 +17,7 @@ public struct FaultScenario: Sendable {
     static let triggerKeys: Set<String> = ["afterAccesses", "afterMs", "onWrite"]
     static let writeKeys: Set<String> = ["region", "offset", "value"]
 
+    /// The `faults` section of `spec` (none: empty), checked against `limits`; throws `SpecError` naming the field.
     public static func parse(_ spec: DeviceSpec, limits: FaultLimits) throws(SpecError) -> FaultScenario {
         guard let node = spec.sections["faults"] else { return FaultScenario(faults: []) }
         guard case .array(let items) = node.value else { throw node.error("must be an array of faults") }

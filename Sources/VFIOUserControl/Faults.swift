@@ -2,15 +2,21 @@ import VFIOUserProtocol
 
 /// A fault spec that failed validation: the field (inside the fault) and why.
 public struct FaultSpecError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The field inside the fault (`trigger.onWrite.offset`).
     public var field: String
+    /// Why the value is refused.
     public var reason: String
+    /// `field: reason`.
     public var description: String { "\(field): \(reason)" }
 }
 
 /// The limits a fault is checked against: the device's regions (index → size).
 public struct FaultLimits: Sendable {
+    /// Size of each region the device has, by index.
     public var regionSizes: [UInt32: UInt64]
+    /// Bytes of config space.
     public var configSize: Int
+    /// Limits from the device's region sizes and config size.
     public init(regionSizes: [UInt32: UInt64], configSize: Int) {
         self.regionSizes = regionSizes
         self.configSize = configSize

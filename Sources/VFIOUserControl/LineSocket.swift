@@ -3,15 +3,26 @@ import VFIOUserTransport
 
 /// Newline-delimited messages over a stream socket: blocking reads and whole writes.
 public final class LineSocket: @unchecked Sendable {
+    // @unchecked: the read buffer belongs to the one thread that reads; writes are whole sends and touch no state.
+    /// The stream socket.
     public let fd: OwnedFD
     private var buffer: [UInt8] = []
     private var start = 0
     /// Longest line accepted (a request never needs more).
     public static let maxLine = 1 << 20
 
+    /// Wraps a connected stream socket.
     public init(fd: OwnedFD) { self.fd = fd }
 
-    public enum ReadError: Error, Equatable { case closed, tooLong, failed(Int32) }
+    /// Why `readLine` failed.
+    public enum ReadError: Error, Equatable {
+        /// The peer closed the connection.
+        case closed
+        /// A line longer than `maxLine`.
+        case tooLong
+        /// recv failed, or the timeout passed (`ETIMEDOUT`): the errno.
+        case failed(Int32)
+    }
 
     /// The next line, without its newline. `timeoutMs` (if given) bounds the wait for data.
     public func readLine(timeoutMs: Int32? = nil) throws(ReadError) -> [UInt8] {
@@ -60,6 +71,8 @@ public final class LineSocket: @unchecked Sendable {
         return true
     }
 
+    /// Shuts both directions down, waking a thread blocked in `readLine`.
     public func shutdown() { _ = Glibc.shutdown(fd.rawValue, Int32(SHUT_RDWR)) }
+    /// Closes the socket.
     public func close() { fd.close() }
 }

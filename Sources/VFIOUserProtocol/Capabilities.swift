@@ -5,13 +5,16 @@
 /// One capability as it sits in a chain: its header fields and the bytes after
 /// the 8-byte header.
 public struct RawCapability: Hashable, Sendable {
+    /// The capability ID (`RegionCapabilityID` or `DeviceInfoCapabilityID`).
     public var id: UInt16
+    /// The capability's layout version.
     public var version: UInt16
     /// Bytes after the header. On decode this runs up to the next capability
     /// (or the end of the payload for the last one), so it includes any
     /// alignment padding.
     public var body: [UInt8]
 
+    /// A capability with the given header fields and body.
     public init(id: UInt16, version: UInt16, body: [UInt8]) {
         self.id = id
         self.version = version
@@ -24,7 +27,9 @@ public struct RawCapability: Hashable, Sendable {
 
 /// Encoding and decoding of capability chains.
 public enum CapabilityChain {
+    /// Bytes of `vfio_info_cap_header` (id u16, version u16, next u32).
     public static let headerSize = 8
+    /// Every capability starts on this boundary.
     public static let alignment = 8
 
     @inlinable static func align(_ n: Int) -> Int { (n + alignment - 1) & ~(alignment - 1) }

@@ -1,6 +1,8 @@
 /// DMA_MAP flags (reference §3.1).
 public struct DMAMapFlags: OptionSet, Hashable, Sendable {
+    /// The flag bits as carried on the wire.
     public var rawValue: UInt32
+    /// Wraps raw flag bits.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// The device may read the range.
@@ -12,16 +14,21 @@ public struct DMAMapFlags: OptionSet, Hashable, Sendable {
 /// DMA_MAP request payload (32 bytes). Zero or one fd accompanies it; the
 /// reply is header only.
 public struct DMAMapRequest: WirePayload, Hashable {
+    /// Encoded size in bytes.
     public static let size = 32
 
+    /// Size of the request (32).
     public var argsz: UInt32
+    /// What the device may do with the range.
     public var flags: DMAMapFlags
     /// Offset into the passed fd; 0 without fd.
     public var offset: UInt64
     /// IOVA / guest-physical base.
     public var address: UInt64
+    /// Bytes in the range.
     public var size: UInt64
 
+    /// A request mapping `size` bytes at `address`, backed by the fd at `offset` (if one is passed).
     public init(argsz: UInt32 = 32, flags: DMAMapFlags, offset: UInt64, address: UInt64, size: UInt64) {
         self.argsz = argsz
         self.flags = flags
@@ -30,11 +37,13 @@ public struct DMAMapRequest: WirePayload, Hashable {
         self.size = size
     }
 
+    /// Decodes the 32 bytes.
     public init(from r: inout WireReader) throws(ProtocolError) {
         argsz = try r.u32(); flags = DMAMapFlags(rawValue: try r.u32())
         offset = try r.u64(); address = try r.u64(); size = try r.u64()
     }
 
+    /// Writes the 32 bytes.
     public func encode(into w: inout WireWriter) {
         w.u32(argsz); w.u32(flags.rawValue); w.u64(offset); w.u64(address); w.u64(size)
     }
@@ -42,7 +51,9 @@ public struct DMAMapRequest: WirePayload, Hashable {
 
 /// DMA_UNMAP flags (values from Linux; reference §3.2).
 public struct DMAUnmapFlags: OptionSet, Hashable, Sendable {
+    /// The flag bits as carried on the wire.
     public var rawValue: UInt32
+    /// Wraps raw flag bits.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// Legacy (migration v1): append a dirty bitmap to the reply.
@@ -53,9 +64,11 @@ public struct DMAUnmapFlags: OptionSet, Hashable, Sendable {
 
 /// The legacy dirty-bitmap header that follows DMA_UNMAP with GET_DIRTY_BITMAP.
 public struct DirtyBitmapHeader: Hashable, Sendable {
+    /// Page size of the bitmap's bits.
     public var pgsize: UInt64
     /// Bitmap bytes.
     public var size: UInt64
+    /// A header for a bitmap of `size` bytes at `pgsize`.
     public init(pgsize: UInt64, size: UInt64) {
         self.pgsize = pgsize
         self.size = size
@@ -65,15 +78,21 @@ public struct DirtyBitmapHeader: Hashable, Sendable {
 /// DMA_UNMAP request payload (24 bytes, +16 with GET_DIRTY_BITMAP). The reply
 /// payload is the 24-byte request echoed back, so the same type serves both.
 public struct DMAUnmapRequest: WirePayload, Hashable {
+    /// Encoded size without the legacy bitmap header.
     public static let size = 24
 
+    /// Size of the request (24, +16 with the bitmap header).
     public var argsz: UInt32
+    /// `all` and the legacy `getDirtyBitmap`.
     public var flags: DMAUnmapFlags
+    /// Start of the range to unmap.
     public var address: UInt64
+    /// Bytes to unmap.
     public var size: UInt64
     /// Present exactly when `flags` contains `.getDirtyBitmap`.
     public var bitmap: DirtyBitmapHeader?
 
+    /// A request unmapping `size` bytes at `address`.
     public init(argsz: UInt32 = 24, flags: DMAUnmapFlags = [], address: UInt64, size: UInt64, bitmap: DirtyBitmapHeader? = nil) {
         self.argsz = argsz
         self.flags = flags
@@ -87,12 +106,14 @@ public struct DMAUnmapRequest: WirePayload, Hashable {
         DMAUnmapRequest(argsz: argsz, flags: flags.subtracting(.getDirtyBitmap), address: address, size: size)
     }
 
+    /// Decodes the 24 bytes, and the bitmap header when the flag asks for it.
     public init(from r: inout WireReader) throws(ProtocolError) {
         argsz = try r.u32(); flags = DMAUnmapFlags(rawValue: try r.u32())
         address = try r.u64(); size = try r.u64()
         bitmap = flags.contains(.getDirtyBitmap) ? DirtyBitmapHeader(pgsize: try r.u64(), size: try r.u64()) : nil
     }
 
+    /// Writes the 24 bytes, and the bitmap header when present.
     public func encode(into w: inout WireWriter) {
         w.u32(argsz); w.u32(flags.rawValue); w.u64(address); w.u64(size)
         if let bitmap { w.u64(bitmap.pgsize); w.u64(bitmap.size) }
@@ -103,24 +124,30 @@ public struct DMAUnmapRequest: WirePayload, Hashable {
 /// @0, `count` u64 @8, data @16. Used for the READ request (no data), READ
 /// reply (data), WRITE request (data) and WRITE reply (no data).
 public struct DMAAccess: WirePayload, Hashable {
+    /// Bytes before `data`: address u64, count u64.
     public static let headerSize = 16
 
+    /// Address in client memory (the IOVA).
     public var address: UInt64
+    /// Bytes to read or write.
     public var count: UInt64
     /// Everything after the 16-byte header.
     public var data: [UInt8]
 
+    /// A request or reply with the given fields.
     public init(address: UInt64, count: UInt64, data: [UInt8] = []) {
         self.address = address
         self.count = count
         self.data = data
     }
 
+    /// Decodes the SPEC layout; the rest of the payload becomes `data` (for DMA_READ replies use `decodeDMAReadReply`).
     public init(from r: inout WireReader) throws(ProtocolError) {
         address = try r.u64(); count = try r.u64()
         data = Array(r.rest())
     }
 
+    /// Writes the SPEC layout.
     public func encode(into w: inout WireWriter) {
         w.u64(address); w.u64(count); w.append(data)
     }

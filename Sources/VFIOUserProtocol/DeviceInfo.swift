@@ -1,17 +1,27 @@
 /// `vfio_device_info` flags (reference §3.3, §4.3).
 public struct DeviceInfoFlags: OptionSet, Hashable, Sendable {
+    /// The flag bits as carried on the wire.
     public var rawValue: UInt32
+    /// Wraps raw flag bits.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
+    /// `VFIO_DEVICE_FLAGS_RESET`: the device supports DEVICE_RESET.
     public static let reset = DeviceInfoFlags(rawValue: 0x1)
+    /// `VFIO_DEVICE_FLAGS_PCI`: a PCI device (the only kind served here).
     public static let pci = DeviceInfoFlags(rawValue: 0x2)
+    /// `VFIO_DEVICE_FLAGS_PLATFORM`: a platform device.
     public static let platform = DeviceInfoFlags(rawValue: 0x4)
+    /// `VFIO_DEVICE_FLAGS_AMBA`: an ARM AMBA device.
     public static let amba = DeviceInfoFlags(rawValue: 0x8)
+    /// `VFIO_DEVICE_FLAGS_CCW`: an s390 channel I/O device.
     public static let ccw = DeviceInfoFlags(rawValue: 0x10)
+    /// `VFIO_DEVICE_FLAGS_AP`: an s390 adjunct processor device.
     public static let ap = DeviceInfoFlags(rawValue: 0x20)
+    /// `VFIO_DEVICE_FLAGS_FSL_MC`: a Freescale fsl-mc device.
     public static let fslMC = DeviceInfoFlags(rawValue: 0x40)
     /// Only valid in our extended (24-byte) form; never send it to QEMU.
     public static let caps = DeviceInfoFlags(rawValue: 0x80)
+    /// `VFIO_DEVICE_FLAGS_CDX`: an AMD CDX device.
     public static let cdx = DeviceInfoFlags(rawValue: 0x100)
 }
 
@@ -20,8 +30,10 @@ public struct DeviceInfoFlags: OptionSet, Hashable, Sendable {
 public enum DeviceInfoCapability: Hashable, Sendable {
     /// `flags`: COMP32 0x1, COMP64 0x2, COMP128 0x4.
     case pciAtomicComp(flags: UInt32)
+    /// Any other capability, kept as its raw header fields and body.
     case unknown(id: UInt16, version: UInt16, body: [UInt8])
 
+    /// The capability as it goes into a chain.
     public var raw: RawCapability {
         switch self {
         case .pciAtomicComp(let flags):
@@ -33,6 +45,7 @@ public enum DeviceInfoCapability: Hashable, Sendable {
         }
     }
 
+    /// Types a raw capability; unknown IDs and versions become `.unknown`. Throws `.truncated` for a short known body.
     public init(raw: RawCapability) throws(ProtocolError) {
         switch (raw.id, raw.version) {
         case (DeviceInfoCapabilityID.pciAtomicComp, 1):
@@ -54,17 +67,25 @@ public enum DeviceInfoCapability: Hashable, Sendable {
 /// the full 24-byte kernel struct is used: `cap_offset` @16, pad @20, then a
 /// capability chain. `capOffset == nil` selects the standard form.
 public struct DeviceInfo: WirePayload, Hashable {
+    /// Payload size of the standard form (QEMU's).
     public static let standardSize = 16
+    /// Payload size of the extended form with `cap_offset` (our `device-info-caps` extension).
     public static let extendedSize = 24
 
+    /// Size the client can take; in a reply, the size needed for everything.
     public var argsz: UInt32
+    /// What kind of device and what it supports.
     public var flags: DeviceInfoFlags
+    /// Regions the device has (at least `RegionIndex.standardCount` for PCI).
     public var numRegions: UInt32
+    /// IRQ indices the device has.
     public var numIRQs: UInt32
     /// Present only in the extended form.
     public var capOffset: UInt32?
+    /// The capability chain; empty in the standard form.
     public var capabilities: [DeviceInfoCapability]
 
+    /// A reply or request with the given fields (the standard form unless `capOffset` is set).
     public init(argsz: UInt32 = 16, flags: DeviceInfoFlags = [], numRegions: UInt32 = 0, numIRQs: UInt32 = 0,
                 capOffset: UInt32? = nil, capabilities: [DeviceInfoCapability] = []) {
         self.argsz = argsz
@@ -113,6 +134,7 @@ public struct DeviceInfo: WirePayload, Hashable {
                           capOffset: requested >= UInt32(Self.extendedSize) ? 0 : nil)
     }
 
+    /// Decodes either form: 16 bytes, or 24 with the chain at `cap_offset`.
     public init(from reader: inout WireReader) throws(ProtocolError) {
         let start = reader.position
         let length = reader.remaining
@@ -135,6 +157,7 @@ public struct DeviceInfo: WirePayload, Hashable {
         }
     }
 
+    /// Writes the standard form, or the extended one with its chain when `capOffset` is set.
     public func encode(into w: inout WireWriter) {
         w.u32(argsz); w.u32(flags.rawValue); w.u32(numRegions); w.u32(numIRQs)
         guard let capOffset else { return }

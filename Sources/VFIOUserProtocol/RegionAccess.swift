@@ -4,14 +4,19 @@
 /// One type covers all four messages: READ request (no data), READ reply
 /// (`count` bytes), WRITE request (`count` bytes), WRITE reply (no data).
 public struct RegionAccess: WirePayload, Hashable {
+    /// Bytes before `data`: offset u64, region u32, count u32.
     public static let headerSize = 16
 
+    /// Offset within the region.
     public var offset: UInt64
+    /// The region index (`RegionIndex`).
     public var region: UInt32
+    /// Bytes to read or write.
     public var count: UInt32
     /// Everything after the access header.
     public var data: [UInt8]
 
+    /// A request or reply with the given fields.
     public init(offset: UInt64, region: UInt32, count: UInt32, data: [UInt8] = []) {
         self.offset = offset
         self.region = region
@@ -46,11 +51,13 @@ public struct RegionAccess: WirePayload, Hashable {
         }
     }
 
+    /// Decodes the header; the rest of the payload becomes `data`.
     public init(from r: inout WireReader) throws(ProtocolError) {
         offset = try r.u64(); region = try r.u32(); count = try r.u32()
         data = Array(r.rest())
     }
 
+    /// Writes the header and `data`.
     public func encode(into w: inout WireWriter) {
         w.u64(offset); w.u32(region); w.u32(count); w.append(data)
     }
@@ -58,16 +65,21 @@ public struct RegionAccess: WirePayload, Hashable {
 
 /// One write in a REGION_WRITE_MULTI request (24 bytes).
 public struct WriteMultiEntry: Hashable, Sendable {
+    /// Encoded size of one entry.
     public static let size = 24
+    /// Most entries in one request (`VFIO_USER_MULTI_MAX`).
     public static let maxCount: UInt32 = 8
 
+    /// Offset within the region.
     public var offset: UInt64
+    /// The region index (`RegionIndex`).
     public var region: UInt32
     /// 1...8: how many low bytes of `data` are written.
     public var count: UInt32
     /// Little-endian; only the first `count` bytes are valid.
     public var data: UInt64
 
+    /// An entry writing the low `count` bytes of `data`.
     public init(offset: UInt64, region: UInt32, count: UInt32, data: UInt64) {
         self.offset = offset
         self.region = region
@@ -84,8 +96,10 @@ public struct WriteMultiEntry: Hashable, Sendable {
 /// REGION_WRITE_MULTI request (reference §3.11): `wr_cnt` u64 then entries.
 /// QEMU always sends it with NO_REPLY; entries are applied in order.
 public struct WriteMulti: WirePayload, Hashable {
+    /// The writes, in the order they are applied.
     public var entries: [WriteMultiEntry]
 
+    /// A request with `entries`.
     public init(entries: [WriteMultiEntry]) { self.entries = entries }
 
     /// Checks every entry's `count` is 1...8 and that there is at least one entry.
@@ -96,6 +110,7 @@ public struct WriteMulti: WirePayload, Hashable {
         }
     }
 
+    /// Decodes a u64 count and that many entries; throws `.truncated` when fewer are there (`maxCount` is not checked here).
     public init(from r: inout WireReader) throws(ProtocolError) {
         let n = try r.u64()
         guard n <= UInt64(r.remaining / WriteMultiEntry.size) else {
@@ -108,6 +123,7 @@ public struct WriteMulti: WirePayload, Hashable {
         }
     }
 
+    /// Writes the count and the entries.
     public func encode(into w: inout WireWriter) {
         w.u64(UInt64(entries.count))
         for e in entries { w.u64(e.offset); w.u32(e.region); w.u32(e.count); w.u64(e.data) }
@@ -116,8 +132,12 @@ public struct WriteMulti: WirePayload, Hashable {
 
 /// REGION_WRITE_MULTI reply (SPEC): the number of writes completed.
 public struct WriteMultiReply: WirePayload, Hashable {
+    /// Writes applied.
     public var completed: UInt64
+    /// A reply counting `completed` writes.
     public init(completed: UInt64) { self.completed = completed }
+    /// Reads the u64 count.
     public init(from r: inout WireReader) throws(ProtocolError) { completed = try r.u64() }
+    /// Writes the u64 count.
     public func encode(into w: inout WireWriter) { w.u64(completed) }
 }

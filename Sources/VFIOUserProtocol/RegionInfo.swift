@@ -1,9 +1,13 @@
 /// `vfio_region_info` flags (reference §3.4, §4.3).
 public struct RegionInfoFlags: OptionSet, Hashable, Sendable {
+    /// The flag bits as carried on the wire.
     public var rawValue: UInt32
+    /// Wraps raw flag bits.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
+    /// `VFIO_REGION_INFO_FLAG_READ`: the region may be read.
     public static let read = RegionInfoFlags(rawValue: 0x1)
+    /// `VFIO_REGION_INFO_FLAG_WRITE`: the region may be written.
     public static let write = RegionInfoFlags(rawValue: 0x2)
     /// The reply carries one fd that may be mmapped at `offset`.
     public static let mmap = RegionInfoFlags(rawValue: 0x4)
@@ -14,8 +18,11 @@ public struct RegionInfoFlags: OptionSet, Hashable, Sendable {
 /// One mmappable window of a sparse region: `offset` is relative to the
 /// region's `offset` (which is also the mmap file offset base).
 public struct SparseMmapArea: Hashable, Sendable {
+    /// Start of the window, relative to the region.
     public var offset: UInt64
+    /// Bytes in the window.
     public var size: UInt64
+    /// A window of `size` bytes at `offset`.
     public init(offset: UInt64, size: UInt64) {
         self.offset = offset
         self.size = size
@@ -25,14 +32,20 @@ public struct SparseMmapArea: Hashable, Sendable {
 /// A region-info capability (reference §4.4). Known IDs are typed only at
 /// version 1; anything else is kept as `.unknown` so it can be relayed.
 public enum RegionCapability: Hashable, Sendable {
+    /// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`: only these windows may be mmapped.
     case sparseMmap([SparseMmapArea])
+    /// `VFIO_REGION_INFO_CAP_TYPE`: a device-specific region's type and subtype (`RegionType`).
     case type(type: UInt32, subtype: UInt32)
+    /// `VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`: the MSI-X table may be mmapped too.
     case msixMappable
+    /// `VFIO_REGION_INFO_CAP_NVLINK2_SSATGT`: the GPU RAM's system target address.
     case nvlink2SSATGT(tgt: UInt64)
+    /// `VFIO_REGION_INFO_CAP_NVLINK2_LNKSPD`: the NVLink2 link speed.
     case nvlink2LinkSpeed(UInt32)
     /// `body` is the bytes after the 8-byte header; it is zero-padded to 8 on encode.
     case unknown(id: UInt16, version: UInt16, body: [UInt8])
 
+    /// The capability as it goes into a chain.
     public var raw: RawCapability {
         var w = WireWriter(capacity: 16)
         switch self {
@@ -56,6 +69,7 @@ public enum RegionCapability: Hashable, Sendable {
         }
     }
 
+    /// Types a raw capability; unknown IDs and versions become `.unknown`. Throws `.truncated` for a short known body.
     public init(raw: RawCapability) throws(ProtocolError) {
         var r = WireReader(raw.body)
         guard raw.version == 1 else {
@@ -89,16 +103,23 @@ public enum RegionCapability: Hashable, Sendable {
 
 /// DEVICE_GET_REGION_INFO request payload (32 bytes; only `index` matters).
 public struct RegionInfoRequest: WirePayload, Hashable {
+    /// Encoded size in bytes.
     public static let size = 32
 
     /// Largest reply payload the client can take.
     public var argsz: UInt32
+    /// Unused in the request (0).
     public var flags: UInt32
+    /// The region asked about (`RegionIndex`).
     public var index: UInt32
+    /// Unused in the request (0).
     public var capOffset: UInt32
+    /// Unused in the request (0).
     public var size: UInt64
+    /// Unused in the request (0).
     public var offset: UInt64
 
+    /// A request for region `index`.
     public init(argsz: UInt32 = 32, flags: UInt32 = 0, index: UInt32, capOffset: UInt32 = 0, size: UInt64 = 0, offset: UInt64 = 0) {
         self.argsz = argsz
         self.flags = flags
@@ -108,11 +129,13 @@ public struct RegionInfoRequest: WirePayload, Hashable {
         self.offset = offset
     }
 
+    /// Decodes the 32 bytes.
     public init(from r: inout WireReader) throws(ProtocolError) {
         argsz = try r.u32(); flags = try r.u32(); index = try r.u32(); capOffset = try r.u32()
         size = try r.u64(); offset = try r.u64()
     }
 
+    /// Writes the 32 bytes.
     public func encode(into w: inout WireWriter) {
         w.u32(argsz); w.u32(flags); w.u32(index); w.u32(capOffset); w.u64(size); w.u64(offset)
     }
@@ -121,16 +144,22 @@ public struct RegionInfoRequest: WirePayload, Hashable {
 /// DEVICE_GET_REGION_INFO reply payload: the 32-byte `vfio_region_info` plus
 /// an optional capability chain starting at offset 32.
 public struct RegionInfo: WirePayload, Hashable {
+    /// Bytes before the capability chain.
     public static let fixedSize = 32
 
     /// Bytes the complete reply needs (32 + capabilities), even when truncated.
     public var argsz: UInt32
+    /// Access rights, mmap and whether a capability chain follows.
     public var flags: RegionInfoFlags
+    /// The region described (`RegionIndex`).
     public var index: UInt32
     /// Written as 32 whenever `capabilities` is non-empty.
     public var capOffset: UInt32
+    /// Region size in bytes; 0 for a region the device does not have.
     public var size: UInt64
+    /// Offset for mmap of the fd the reply carries (the region's base in that file).
     public var offset: UInt64
+    /// The capability chain (sparse mmap, type, ...).
     public var capabilities: [RegionCapability]
 
     /// Memberwise: fields are encoded as given (except `capOffset`, see above).
@@ -197,6 +226,7 @@ public struct RegionInfo: WirePayload, Hashable {
         }
     }
 
+    /// Writes the fixed part and the chain; `argsz` and `capOffset` are written as set.
     public func encode(into w: inout WireWriter) {
         w.u32(argsz); w.u32(flags.rawValue); w.u32(index)
         w.u32(capabilities.isEmpty ? capOffset : UInt32(Self.fixedSize))

@@ -12,6 +12,7 @@ public struct MigrationCapability: Hashable, Sendable, Decodable {
     /// Largest bitmap in bytes.
     public var maxBitmapSize: UInt64?
 
+    /// A capability with the given fields (nil fields are omitted from the JSON).
     public init(pgsize: UInt64? = nil, maxBitmapSize: UInt64? = nil) {
         self.pgsize = pgsize
         self.maxBitmapSize = maxBitmapSize
@@ -25,10 +26,12 @@ public struct MigrationCapability: Hashable, Sendable, Decodable {
 
 /// The `twin_socket` capability (reference §2.4). QEMU never asks for it.
 public struct TwinSocket: Hashable, Sendable, Decodable {
+    /// Whether the sender supports a second socket for server→client requests.
     public var supported: Bool
     /// Reply only: which of the fds sent with the VERSION reply is the socket.
     public var fdIndex: Int?
 
+    /// A capability with the given fields.
     public init(supported: Bool, fdIndex: Int? = nil) {
         self.supported = supported
         self.fdIndex = fdIndex
@@ -39,6 +42,7 @@ public struct TwinSocket: Hashable, Sendable, Decodable {
         case fdIndex = "fd_index"
     }
 
+    /// Decodes `supported` (false when absent) and `fd_index`.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         supported = try c.decodeIfPresent(Bool.self, forKey: .supported) ?? false
@@ -49,26 +53,38 @@ public struct TwinSocket: Hashable, Sendable, Decodable {
 /// The `capabilities` object of VERSION (reference §2.3). nil fields were
 /// absent on the wire; the `effective...` accessors apply the protocol defaults.
 public struct VersionCapabilities: Hashable, Sendable, Decodable {
+    /// `max_msg_fds` when absent: one fd per message.
     public static let defaultMaxMsgFDs = 1
+    /// `max_data_xfer_size` when absent: 1 MiB.
     public static let defaultMaxDataXferSize = 1_048_576
+    /// `pgsizes` when absent: 4 KiB pages.
     public static let defaultPgsizes: UInt64 = 4096
+    /// `max_dma_maps` when absent.
     public static let defaultMaxDMAMaps = 65535
     /// The range libvfio-user accepts for `max_msg_fds`.
     public static let maxMsgFDsRange = 0 ... 1024
     /// Key of our own opt-in extension object (string values only).
     public static let extensionKey = "x-swift-vfio-user"
 
+    /// `max_msg_fds`: most fds the sender accepts in one message.
     public var maxMsgFDs: Int?
+    /// `max_data_xfer_size`: largest data transfer in one message, in bytes.
     public var maxDataXferSize: Int?
+    /// `pgsizes`: supported page sizes as a bit mask.
     public var pgsizes: UInt64?
+    /// `max_dma_maps`: most DMA mappings the server accepts.
     public var maxDMAMaps: Int?
+    /// The legacy `migration` object.
     public var migration: MigrationCapability?
+    /// The `twin_socket` object.
     public var twinSocket: TwinSocket?
+    /// `write_multiple`: REGION_WRITE_MULTI is supported.
     public var writeMultiple: Bool?
     /// Our extension object under `x-swift-vfio-user`, e.g. `["device-info-caps": "1"]`.
     /// Peers that do not know it ignore it (QEMU warns about a spurious key).
     public var extensions: [String: String]?
 
+    /// Capabilities with the given fields (nil ones are left out of the JSON).
     public init(maxMsgFDs: Int? = nil, maxDataXferSize: Int? = nil, pgsizes: UInt64? = nil, maxDMAMaps: Int? = nil,
                 migration: MigrationCapability? = nil, twinSocket: TwinSocket? = nil, writeMultiple: Bool? = nil,
                 extensions: [String: String]? = nil) {
@@ -93,11 +109,17 @@ public struct VersionCapabilities: Hashable, Sendable, Decodable {
         case extensions = "x-swift-vfio-user"
     }
 
+    /// `maxMsgFDs`, or the protocol default.
     public var effectiveMaxMsgFDs: Int { maxMsgFDs ?? Self.defaultMaxMsgFDs }
+    /// `maxDataXferSize`, or the protocol default.
     public var effectiveMaxDataXferSize: Int { maxDataXferSize ?? Self.defaultMaxDataXferSize }
+    /// `pgsizes`, or the protocol default.
     public var effectivePgsizes: UInt64 { pgsizes ?? Self.defaultPgsizes }
+    /// `maxDMAMaps`, or the protocol default.
     public var effectiveMaxDMAMaps: Int { maxDMAMaps ?? Self.defaultMaxDMAMaps }
+    /// `writeMultiple`, or false.
     public var effectiveWriteMultiple: Bool { writeMultiple ?? false }
+    /// `twinSocket.supported`, or false.
     public var effectiveTwinSocketSupported: Bool { twinSocket?.supported ?? false }
 
     /// Whether our extension `name` is present with value "1".
@@ -170,7 +192,9 @@ private struct VersionJSON: Decodable {
 /// VERSION request and reply payload (reference §2): `major` u16, `minor`
 /// u16, then optional JSON text terminated by a NUL counted in `msg_size`.
 public struct VersionPayload: WirePayload, Hashable {
+    /// Protocol major version (0 today; a different major is refused).
     public var major: UInt16
+    /// Protocol minor version.
     public var minor: UInt16
     /// nil when there was no JSON, or the JSON object had no `capabilities`.
     public var capabilities: VersionCapabilities?
@@ -178,6 +202,7 @@ public struct VersionPayload: WirePayload, Hashable {
     /// when `capabilities` is nil; otherwise the JSON is generated.
     public var rawJSON: [UInt8]
 
+    /// A payload with the given fields.
     public init(major: UInt16, minor: UInt16, capabilities: VersionCapabilities?, rawJSON: [UInt8]) {
         self.major = major
         self.minor = minor
@@ -220,6 +245,7 @@ public struct VersionPayload: WirePayload, Hashable {
         try capabilities?.validate()
     }
 
+    /// Writes the versions and, when there is JSON, its text and the terminating NUL.
     public func encode(into w: inout WireWriter) {
         w.u16(major); w.u16(minor)
         let json: [UInt8] = capabilities.map { Array($0.json.utf8) } ?? rawJSON

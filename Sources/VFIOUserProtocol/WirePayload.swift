@@ -49,8 +49,11 @@ extension WirePayload {
 /// A payload with no bytes (DEVICE_RESET, DMA_MAP reply, MIG_DATA_WRITE reply, ...).
 /// Extra bytes are ignored.
 public struct EmptyPayload: WirePayload, Hashable {
+    /// The empty payload.
     public init() {}
+    /// Accepts any payload, ignoring its bytes.
     public init(from reader: inout WireReader) throws(ProtocolError) {}
+    /// Writes nothing.
     public func encode(into writer: inout WireWriter) {}
 }
 

@@ -7,7 +7,9 @@ import VFIOUserTransport
 /// Each record is written whole with one write(2) under a lock, and stamped inside
 /// that lock, so the file's timestamps never go backwards.
 public final class CaptureFile: Sendable {
+    /// The file written.
     public let path: String
+    /// Bytes kept of each packet (longer ones are truncated and flagged).
     public let snapLength: Int
     private let fd: Locked<Int32>
 
@@ -39,6 +41,7 @@ public final class CaptureFile: Sendable {
         }
     }
 
+    /// Closes the file; later writes are dropped.
     public func close() {
         fd.withLock { f in
             if f >= 0 { _ = Glibc.close(f) }

@@ -7,6 +7,7 @@ import VFIOUserTransport
 /// a capture record, protocol validation. One per process; `connection(_:)` gives
 /// each connection its own validator state.
 public final class MessageRecorder: Sendable {
+    /// What to do with each message besides capturing it.
     public struct Settings: Sendable {
         /// Log each message decoded, with its fds.
         public var trace = false
@@ -14,13 +15,17 @@ public final class MessageRecorder: Sendable {
         public var validate = false
         /// Bytes kept of each packet (pseudo-header included), at most `Pcapng.maxSnapLength`.
         public var snapLength = Pcapng.defaultSnapLength
+        /// Nothing but capture (if a file is given), at the default snap length.
         public init() {}
     }
 
+    /// Where records go, if anywhere.
     public let capture: CaptureFile?
+    /// Tracing, validation and the snap length.
     public let settings: Settings
     let logger: Logger
 
+    /// A recorder writing to `capture` and logging traces and deviations to `logger`.
     public init(capture: CaptureFile?, settings: Settings, logger: Logger) {
         self.capture = capture
         self.settings = settings
@@ -30,11 +35,13 @@ public final class MessageRecorder: Sendable {
     /// Whether anything is recorded at all (a plain proxy skips framing entirely).
     public var isActive: Bool { capture != nil || settings.trace || settings.validate }
 
+    /// A recorder for connection `number`, with its own validator state.
     public func connection(_ number: UInt32) -> ConnectionRecorder { ConnectionRecorder(number: number, parent: self) }
 }
 
 /// One connection's recorder; safe to call from both of its directions' threads.
 public final class ConnectionRecorder: Sendable {
+    /// The connection number (1, 2, ... in accept order), as written in each record.
     public let number: UInt32
     let parent: MessageRecorder
     private let validator = Locked(ProtocolValidator())

@@ -9,11 +9,14 @@ import VFIOUserTransport
 /// and NO_REPLY messages. One OS thread per direction; when either side closes, the
 /// other sees it close too, and both are closed.
 public final class VFIOUserProxy: Sendable {
+    /// The real server's socket, connected to once per client.
     public let upstreamPath: String
+    /// What is done with every message forwarded.
     public let recorder: MessageRecorder
     private let logger: Logger
     private let state = Locked<(listener: UnixListener?, stopped: Bool, sessions: Int, active: Int)>((nil, false, 0, 0))
 
+    /// A proxy to the server at `upstreamPath`; nothing listens until it is started.
     public init(upstreamPath: String, recorder: MessageRecorder, logger: Logger) {
         self.upstreamPath = upstreamPath
         self.recorder = recorder

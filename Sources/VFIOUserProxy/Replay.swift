@@ -7,8 +7,9 @@ import VFIOUserTransport
 public struct ReplayReport: Sendable {
     /// Client messages sent.
     public var sent = 0
-    /// Replies compared with the captured ones, and how many were identical.
+    /// Replies compared with the captured ones.
     public var compared = 0
+    /// Replies identical to the captured ones, byte for byte.
     public var identical = 0
     /// One line per reply that differs.
     public var differences: [String] = []
@@ -25,16 +26,21 @@ public struct ReplayReport: Sendable {
 /// server makes (DMA_READ/DMA_WRITE) are answered with the captured client's replies
 /// to the same command, in order.
 public struct Replayer {
+    /// The records of the one connection replayed.
     public let records: [CaptureRecord]
+    /// The connection replayed.
     public let connection: UInt32
+    /// Milliseconds to wait for each reply.
     public var timeoutMs = 5000
 
+    /// A replay of `connection` (default: the first record's) from `records`.
     public init(records: [CaptureRecord], connection: UInt32? = nil) {
         let n = connection ?? records.first?.connection ?? 1
         self.connection = n
         self.records = records.filter { $0.connection == n }
     }
 
+    /// Connects to `socketPath`, sends the captured client side and compares each reply; throws when the connection fails.
     public func run(socketPath: String) throws(TransportError) -> ReplayReport {
         let sock = try MessageSocket.connect(path: socketPath)
         defer { sock.fd.close() }

@@ -15,6 +15,7 @@ import VFIOUserTransport
 /// nested loop: replies are consumed, commands are queued and run afterwards, so
 /// neither side ever waits on the other.
 final class Connection: DMAMessageTransport, @unchecked Sendable {
+    // @unchecked: the `var`s are the reader thread's alone (see each); shared state is in `Locked`/`Atomic`.
     let socket: MessageSocket
     let device: PCIDevice
     let options: ServerOptions

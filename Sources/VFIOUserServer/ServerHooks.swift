@@ -17,9 +17,11 @@ public enum ReplyDisposition: Sendable, Equatable {
 public struct ServedRegionAccess: Sendable {
     /// REGION_READ, REGION_WRITE or REGION_WRITE_MULTI (one value per entry).
     public var command: Command
-    /// The region index, offset and size of the access.
+    /// The region index (`RegionIndex`).
     public var region: UInt32
+    /// Offset of the access in the region.
     public var offset: UInt64
+    /// Bytes accessed.
     public var size: Int
     /// nil when the access succeeded.
     public var error: VFIOErrno?

@@ -6,6 +6,7 @@ public struct ServerOptions: Sendable {
     public var maxDataXferSize = 1 << 20
     /// Most fds we accept in one message (QEMU accepts at most 16 from a server).
     public var maxMsgFDs = 16
+    /// Most DMA mappings one client may have at once (advertised as `max_dma_maps`; more fail with ENOSPC).
     public var maxDMAMaps = 65535
     /// Advertise REGION_WRITE_MULTI (we implement it).
     public var writeMultiple = true
@@ -24,6 +25,7 @@ public struct ServerOptions: Sendable {
     /// A control plane watching and steering every command (docs/control.md); nil: none.
     public var hooks: (any ServerHooks)?
 
+    /// The defaults: 1 MiB transfers, 16 fds, 65535 mappings.
     public init() {}
 
     /// The largest message we are prepared to read: a data transfer plus its headers.

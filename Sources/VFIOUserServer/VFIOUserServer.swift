@@ -13,7 +13,9 @@ import VFIOUserTransport
 /// one client registered (DMA mappings, eventfds) is dropped when it leaves, and
 /// the device resets when the last one leaves.
 public final class VFIOUserServer: Sendable {
+    /// The device every connection drives.
     public let device: PCIDevice
+    /// Limits and behaviour, fixed at init.
     public let options: ServerOptions
     private let logger: Logger
     private struct State {
@@ -27,6 +29,7 @@ public final class VFIOUserServer: Sendable {
     }
     private let state = Locked(State())
 
+    /// A server for `device`; nothing listens until it is started.
     public init(device: PCIDevice, options: ServerOptions = ServerOptions(), logger: Logger = Logger(label: "vfu")) {
         self.device = device
         self.options = options

@@ -13,6 +13,7 @@ public final class ConditionLock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let cond: UnsafeMutablePointer<pthread_cond_t>
 
+    /// A mutex and a condition variable waiting on CLOCK_MONOTONIC.
     public init() {
         mutex = .allocate(capacity: 1)
         cond = .allocate(capacity: 1)
@@ -31,7 +32,9 @@ public final class ConditionLock: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// Takes the mutex; pair with `unlock()` (prefer `withLock`).
     public func lock() { pthread_mutex_lock(mutex) }
+    /// Releases the mutex taken with `lock()`.
     public func unlock() { pthread_mutex_unlock(mutex) }
 
     /// Runs `body` with the mutex held.

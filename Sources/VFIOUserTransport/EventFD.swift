@@ -3,6 +3,7 @@ import Glibc
 
 /// An eventfd(2) counter: the channel interrupts travel through.
 public enum EventFD {
+    /// A new eventfd (close-on-exec) starting at `initialValue`; throws `.system` when eventfd(2) fails.
     public static func create(initialValue: UInt32 = 0, nonBlocking: Bool = false) throws(TransportError) -> OwnedFD {
         let fd = vfu_eventfd(initialValue, nonBlocking ? 1 : 0)
         guard fd >= 0 else { throw .system("eventfd", errno) }

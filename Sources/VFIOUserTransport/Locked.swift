@@ -11,6 +11,7 @@ public final class Locked<Value: Sendable>: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private var value: Value
 
+    /// Guards `value`.
     public init(_ value: Value) {
         self.value = value
         mutex = .allocate(capacity: 1)

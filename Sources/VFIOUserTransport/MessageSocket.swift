@@ -7,17 +7,23 @@ import VFIOUserProtocol
 /// bytes (header included, so payload offsets are `MessageHeader.size + n`), and the
 /// fds that rode with it, each owned exactly once.
 public struct ReceivedMessage: Sendable {
+    /// The decoded header (the wire's, as received).
     public var header: MessageHeader
+    /// The whole message, header included.
     public var bytes: [UInt8]
+    /// File descriptors that came with the message (SCM_RIGHTS); close or keep each.
     public var fds: [OwnedFD]
 
+    /// A message from its parts.
     public init(header: MessageHeader, bytes: [UInt8], fds: [OwnedFD]) {
         self.header = header
         self.bytes = bytes
         self.fds = fds
     }
 
+    /// The bytes after the header.
     public var payload: ArraySlice<UInt8> { bytes[MessageHeader.size...] }
+    /// A reader over the payload.
     public var payloadReader: WireReader { WireReader(bytes, from: MessageHeader.size) }
 
     /// Closes every fd nobody took.
@@ -27,12 +33,14 @@ public struct ReceivedMessage: Sendable {
 /// Why a receive failed. `framing` and `controlTruncated` mean the byte stream can
 /// no longer be trusted; the connection must be closed (after an optional error reply).
 public enum ReceiveError: Error, Equatable, CustomStringConvertible {
+    /// The socket failed or the peer went away.
     case transport(TransportError)
     /// The header arrived but cannot be framed (size below 16 or above the limit).
     case framing(MessageHeader, String)
     /// More fds arrived than the negotiated limit (they have been closed). The body was consumed.
     case tooManyFDs(MessageHeader, received: Int, limit: Int)
 
+    /// One line for logs, naming the command where there is one.
     public var description: String {
         switch self {
         case .transport(let t): t.description
@@ -54,6 +62,8 @@ public enum ReceiveError: Error, Equatable, CustomStringConvertible {
 /// (`peekMessage`, `buffered`, `consumeMessage`, `receiveBody(into:)`) works on the
 /// buffer in place; `receive` copies a message out of it.
 public final class MessageSocket: @unchecked Sendable {
+    // @unchecked: `rx` (not Sendable) is touched only by the one reader thread; sends serialize on `sendLock`.
+    /// The connected socket.
     public let fd: OwnedFD
     private let sendLock = Locked(())
     // The receive side: the reader thread only.
@@ -64,11 +74,13 @@ public final class MessageSocket: @unchecked Sendable {
     /// past the buffer.
     public static let receiveBufferSize = 16 << 10
 
+    /// Wraps a connected stream socket.
     public init(fd: OwnedFD) {
         self.fd = fd
         rx = ReceiveBuffer(capacity: Self.receiveBufferSize)
     }
 
+    /// Connects to the Unix socket at `path`; throws `.system` naming the failing call, `.refused` for a path too long for sockaddr_un.
     public static func connect(path: String) throws(TransportError) -> MessageSocket {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard s >= 0 else { throw .system("socket", errno) }
@@ -171,6 +183,7 @@ public final class MessageSocket: @unchecked Sendable {
     /// Little-endian words of the buffered message at byte `offset` (which must be
     /// buffered), read without making a slice of the buffer.
     public func bufferedWord64(at offset: Int) -> UInt64 { rx.word64(at: offset) }
+    /// The little-endian u32 at byte `offset` of the buffered message (which must be buffered).
     public func bufferedWord32(at offset: Int) -> UInt32 { UInt32(truncatingIfNeeded: rx.word64(at: offset, width: 4)) }
 
     /// Consumes the current message, which must be wholly buffered.

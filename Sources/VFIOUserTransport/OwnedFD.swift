@@ -10,6 +10,7 @@ import Synchronization
 public final class OwnedFD: Sendable, CustomStringConvertible {
     private let state: Atomic<Int32>
 
+    /// Takes ownership of `fd`: it is closed by `close()` or at deinit.
     public init(_ fd: Int32) { state = Atomic(fd) }
 
     /// The raw descriptor, -1 once taken or closed. Valid only while `self` is alive.
@@ -27,6 +28,7 @@ public final class OwnedFD: Sendable, CustomStringConvertible {
         return OwnedFD(d)
     }
 
+    /// Closes the descriptor once; later calls (and the deinit) do nothing. Safe from any thread.
     public func close() {
         let fd = take()
         if fd >= 0 { _ = Glibc.close(fd) }
@@ -34,11 +36,13 @@ public final class OwnedFD: Sendable, CustomStringConvertible {
 
     deinit { close() }
 
+    /// `fd(N)`, for logs.
     public var description: String { "fd(\(rawValue))" }
 }
 
 /// Errors of the transport layer, with the failing call named.
 public enum TransportError: Error, CustomStringConvertible, Equatable {
+    /// A system call failed: its name and errno.
     case system(String, Int32)
     /// The peer closed the connection at a message boundary.
     case closed
@@ -46,8 +50,10 @@ public enum TransportError: Error, CustomStringConvertible, Equatable {
     case truncated(expected: Int, received: Int)
     /// The kernel dropped fds (MSG_CTRUNC): the message cannot be trusted.
     case controlTruncated
+    /// We refused the request before making any call (the reason says why).
     case refused(String)
 
+    /// The failing call and `strerror`, or the reason.
     public var description: String {
         switch self {
         case .system(let call, let e): "\(call): \(String(cString: strerror(e))) (errno \(e))"

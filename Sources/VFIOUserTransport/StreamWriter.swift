@@ -22,8 +22,9 @@ public final class StreamWriter {
     private let sigpipeWasBlocked: Int32
     /// False once splicing failed for this descriptor (or when disabled up front).
     public private(set) var zeroCopy: Bool
-    /// Bytes that went out by reference, and bytes that were copied.
+    /// Bytes that went out by reference (vmsplice).
     public private(set) var bytesByReference: UInt64 = 0
+    /// Bytes that were copied (after splicing failed, or with `zeroCopy` off).
     public private(set) var bytesCopied: UInt64 = 0
 
     /// `fd` stays owned by the caller and must outlive the writer. With `stallTimeoutMs`

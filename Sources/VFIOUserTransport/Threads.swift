@@ -27,7 +27,7 @@ public func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) {
 /// Starts a joinable OS thread running `body` (join it with `pthread_join`), with
 /// the stop signals blocked.
 public func startThread(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t {
-    final class Box: @unchecked Sendable {
+    final class Box: Sendable {
         let body: @Sendable () -> Void
         let name: String
         init(_ body: @escaping @Sendable () -> Void, _ name: String) {
@@ -54,10 +54,12 @@ public func startThread(name: String, _ body: @escaping @Sendable () -> Void) ->
 
 /// A one-shot hand-over of a value between threads, with a timeout.
 public final class Completion<Value: Sendable>: @unchecked Sendable {
-    // @unchecked: `value` is only touched with `lock` held.
+    // @unchecked: `value` is only touched with `lock` held (waiting needs the condition
+    // variable, which `Locked` does not have).
     private let lock = ConditionLock()
     private var value: Value?
 
+    /// An empty hand-over; the first `fulfil` fills it.
     public init() {}
 
     /// Hands over `v`; the first value wins.

@@ -31,9 +31,12 @@ struct UnixAddress {
 /// listening) is replaced; any other kind of file there is refused, so a typo can
 /// never delete a user's data.
 public final class UnixListener: Sendable {
+    /// The socket file, or nil for a listener on an inherited fd.
     public let path: String?
+    /// The listening socket.
     public let fd: OwnedFD
 
+    /// Listens at `path` (mode 0600), replacing only a stale socket file; throws `.refused` for a live socket, any other file there or a path too long.
     public init(path: String, backlog: Int32 = 16) throws(TransportError) {
         var st = stat()
         if lstat(path, &st) == 0 {

@@ -89,11 +89,12 @@ struct ControlComparison {
         var q = ControlRequest(op: "watch")
         q.kinds = ["access"]
         guard (try? watcher.call(q))?.ok == true else { throw ValidationError("the control server refused watch") }
-        let counter = UnsafeMutablePointer<Int>.allocate(capacity: 1)
-        counter.initialize(to: 0)
-        let box = UnsafeSendable(counter)
+        // The thread counts in a local and publishes once, after the last event: nothing shared per event.
+        let events = Locked(0)
         let t = startThread(name: "vfu-bench-watch") {
-            while (try? watcher.readLine(timeoutMs: -1)) != nil { box.value.pointee += 1 }
+            var n = 0
+            while (try? watcher.readLine(timeoutMs: -1)) != nil { n += 1 }
+            events.withLock { $0 = n }
         }
         for _ in 0..<runs {
             let (a, b) = try measure(plain, ctl)
@@ -104,8 +105,7 @@ struct ControlComparison {
         (r.bestPlainW, r.bestWatched) = (bestA, bestB)
         watcher.socket.shutdown()
         pthread_join(t, nil)
-        r.events = counter.pointee
-        counter.deallocate()
+        r.events = events.withLock { $0 }
         watcher.close()
         return r
     }
@@ -126,10 +126,4 @@ struct ControlComparison {
         guard rc == 0 else { throw ValidationError("cannot start vfu serve: errno \(rc)") }
         return pid
     }
-}
-
-/// Hands a pointer to the watcher thread (it alone writes, the bench reads after join).
-struct UnsafeSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ v: T) { value = v }
 }

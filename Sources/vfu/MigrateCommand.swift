@@ -274,7 +274,7 @@ func rate(_ bytes: UInt64, _ seconds: Double) -> String? {
 }
 
 /// A one-line progress bar on stderr: phase, bytes, rate, remaining.
-final class ProgressBar: @unchecked Sendable {
+final class ProgressBar {
     let enabled: Bool
     private var last = 0.0
     private var lastPhase: MigrationProgress.Phase?
