@@ -15,8 +15,7 @@ import VFIOUserTransport
 ///
 /// Locks: the device lock may be held when this takes its own (DMA, interrupts,
 /// resets); this never takes the device lock while holding its own.
-public final class ControlledDevice: ServerHooks, DeviceProbe, @unchecked Sendable {
-    // @unchecked: only `let`s; mutable state is in `stateLock`, `serverBox` (`Locked`) and `everyCommand` (`Atomic`).
+public final class ControlledDevice: ServerHooks, DeviceProbe, Sendable {
     /// The spec's name: how control requests address the device.
     public let name: String
     /// The device followed.
