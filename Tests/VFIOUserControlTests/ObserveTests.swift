@@ -95,4 +95,38 @@ import VFIOUserTransport
         #expect(reads.p50Us > 0 && reads.p50Us <= reads.p99Us && reads.p99Us <= reads.maxUs)
         #expect(stats.contains { $0.command == "VERSION" && $0.count == 1 })
     }
+
+    /// With nothing attached the accesses take the server's in-place path and are
+    /// reported after their reply: a REGION_WRITE_MULTI counts once as a command and
+    /// once per entry as an access; a watcher that attaches while the VMM's connection
+    /// waits for its next message sees that message in full.
+    @Test func countingWithNothingAttachedSeesEveryAccessAndAWatcherTakesOver() throws {
+        let rig = try Rig(tag: "fastpath")
+        defer { rig.stop() }
+        let ctl = try rig.ctl()
+        defer { ctl.close() }
+        let vmm = try rig.vmm()
+        defer { vmm.close() }
+
+        try vmm.write32(region: 0, offset: 0x104, 1)  // owns the device: writes go in place from now on
+        let multi = WriteMulti(entries: [
+            WriteMultiEntry(offset: 0x200, region: 0, count: 4, data: 1),
+            WriteMultiEntry(offset: 0x204, region: 0, count: 4, data: 2),
+            WriteMultiEntry(offset: 0x208, region: 0, count: 4, data: 3),
+        ])
+        _ = try vmm.call(.regionWriteMulti, payload: multi.encoded)
+        let stats = try ctl.ok("stats").stats ?? []
+        #expect(stats.first { $0.command == "REGION_WRITE_MULTI" }?.count == 1, "\(stats)")
+        let un = try ctl.ok("unmodeled").unmodeled ?? []
+        #expect(un.map(\.offset) == [Num(0x200), Num(0x204), Num(0x208)], "every entry is an access: \(un)")
+
+        // The connection is now blocked waiting for the VMM; a watcher attaches meanwhile.
+        let watcher = try rig.ctl()
+        defer { watcher.close() }
+        #expect(try watcher.ok("watch") { $0.kinds = ["access"] }.watching == true)
+        try vmm.write32(region: 0, offset: 0x104, 0x0bad_cafe)
+        let e = try watcher.readEvent(timeoutMs: 5000)
+        #expect(e.event == "access" && e.region == RegionRef(0) && e.offset == Num(0x104) && e.op == "write"
+                && e.value == Num(0x0bad_cafe), "\(e)")
+    }
 }
