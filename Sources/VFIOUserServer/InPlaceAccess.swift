@@ -21,7 +21,7 @@ extension Connection {
     func serveInPlace() -> Bool {
         // Tracing, a capture or validation (observer), and a control plane that watches or
         // has a fault armed (hooks), see every message: they take the general path. A
-        // control plane that only counts is told of each access after its reply.
+        // control plane that only counts is told of each access before its reply.
         guard versioned, !seesEveryMessage else { return false }
         let peeked: (header: MessageHeader, hasFDs: Bool)?
         do {
@@ -60,7 +60,8 @@ extension Connection {
         }
     }
 
-    /// Tells a counting control plane of an access served here (after its reply).
+    /// Tells a counting control plane of an access served here, before its reply goes
+    /// out (a client that has the reply and asks the control plane finds it counted).
     @inline(__always)
     private func report(_ command: Command, _ region: UInt32, _ offset: UInt64, _ size: Int, _ error: VFIOErrno?,
                         entry: Int = 0, token: UInt64) {
@@ -80,7 +81,6 @@ extension Connection {
         guard h.payloadSize == RegionAccess.headerSize else { return false }
         let (offset, region, count) = accessFields()
         socket.consumeMessage(size: Int(h.messageSize))
-        var failure: VFIOErrno? = nil
         do {
             guard Int(count) <= options.maxDataXferSize else { throw VFIOErrno.EINVAL }
             let n = Int(count)
@@ -101,17 +101,16 @@ extension Connection {
                 memory = try device.readRegionOrMemory(index: region, offset: offset,
                                                        into: UnsafeMutableRawBufferPointer(rebasing: buf[32..<replySize]))
             }
+            report(.regionRead, region, offset, n, nil, token: token)
             if !h.noReply { try sendReadReply(h, offset: offset, region: region, count: count, memory: memory, scratch: buf) }
         } catch let e as VFIOErrno {
             logger.debug("\(h.command) #\(h.messageID) failed: \(e)")
+            report(.regionRead, region, offset, Int(count), e, token: token)
             if !h.noReply { sendError(to: h, e) }
-            failure = e
         } catch {
             logger.debug("send failed: \(error)")
             streamBroken = true
-            return true
         }
-        report(.regionRead, region, offset, Int(count), failure, token: token)
         return true
     }
 
@@ -123,7 +122,6 @@ extension Connection {
               device.owner == session else { return false }
         let total = Int(h.messageSize)
         let dataStart = MessageHeader.size + RegionAccess.headerSize
-        var failure: VFIOErrno? = nil
         do {
             if total <= MessageSocket.receiveBufferSize {
                 _ = try socket.peekMessage(maxMessageSize: options.maxMessageSize, maxFDs: options.maxMsgFDs, prefix: total)
@@ -135,6 +133,7 @@ extension Connection {
                 try device.lock.withLock { () throws in
                     try device.writeRegion(index: region, offset: offset,
                                            data: b[(b.startIndex + dataStart)..<(b.startIndex + total)])
+                    report(.regionWrite, region, offset, Int(count), nil, token: token)
                     guard !h.noReply else { return }
                     var head = Self.accessReplyHead(h, size: dataStart, offset: offset, region: region, count: count)
                     try withUnsafeBytes(of: &head) { hb throws(TransportError) in try socket.send(raw: hb) }
@@ -147,6 +146,7 @@ extension Connection {
                 try socket.receiveBody(size: total, skip: dataStart,
                                        into: UnsafeMutableRawBufferPointer(start: memory.mapping.base + Int(offset), count: Int(count)))
                 withExtendedLifetime(memory) {}
+                report(.regionWrite, region, offset, Int(count), nil, token: token)
                 if !h.noReply {
                     var head = Self.accessReplyHead(h, size: dataStart, offset: offset, region: region, count: count)
                     try withUnsafeBytes(of: &head) { hb throws(TransportError) in try socket.send(raw: hb) }
@@ -154,14 +154,12 @@ extension Connection {
             }
         } catch let e as VFIOErrno {
             logger.debug("\(h.command) #\(h.messageID) failed: \(e)")
+            report(.regionWrite, region, offset, Int(count), e, token: token)
             if !h.noReply { sendError(to: h, e) }
-            failure = e
         } catch {
             logger.debug("receive or send failed: \(error)")
             streamBroken = true
-            return true
         }
-        report(.regionWrite, region, offset, Int(count), failure, token: token)
         return true
     }
 
@@ -181,9 +179,18 @@ extension Connection {
         }
         socket.consumeMessage(size: total)  // the slice keeps the bytes
         // As for REGION_WRITE, the reply goes out before work the writes started can send.
-        var done = 0
-        var failure: VFIOErrno? = nil
+        // A counting control plane hears of each entry that ran before the reply goes
+        // out, so whoever has the reply finds the accesses counted.
+        func reportEntries(done: Int, failure: VFIOErrno?) {
+            guard hooks != nil else { return }
+            for i in 0..<min(Int(n), done + (failure == nil ? 0 : 1)) {
+                let e = p + 8 + 24 * i
+                report(.regionWriteMulti, b.le32(at: e + 8), b.le64(at: e), Int(b.le32(at: e + 12)),
+                       i < done ? nil : failure, entry: i, token: token)
+            }
+        }
         device.lock.withLock {
+            var done = 0
             do throws(VFIOErrno) {
                 for i in 0..<Int(n) {
                     let e = p + 8 + 24 * i
@@ -193,10 +200,11 @@ extension Connection {
                 }
             } catch {
                 logger.debug("\(h.command) #\(h.messageID) failed: \(error)")
+                reportEntries(done: done, failure: error)
                 if !h.noReply { sendError(to: h, error) }
-                failure = error
                 return
             }
+            reportEntries(done: done, failure: nil)
             guard !h.noReply else { return }
             let size = UInt64(MessageHeader.size + 8)
             var reply = ((UInt64(h.messageID) | UInt64(h.command.rawValue) << 16 | size << 32).littleEndian,
@@ -206,14 +214,6 @@ extension Connection {
             } catch {
                 logger.debug("send failed: \(error)")
                 streamBroken = true
-            }
-        }
-        if hooks != nil, !streamBroken {
-            // One report per entry that ran: the ones done, then the one that failed.
-            for i in 0..<min(Int(n), done + (failure == nil ? 0 : 1)) {
-                let e = p + 8 + 24 * i
-                report(.regionWriteMulti, b.le32(at: e + 8), b.le64(at: e), Int(b.le32(at: e + 12)),
-                       i < done ? nil : failure, entry: i, token: token)
             }
         }
         return true

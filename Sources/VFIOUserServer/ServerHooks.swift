@@ -39,7 +39,7 @@ public struct ServedRegionAccess: Sendable {
 ///
 /// While `needsEveryCommand` is false (nobody watches, no fault is armed or waiting
 /// for its trigger) region accesses keep the in-place fast path and are reported
-/// after their reply with `regionAccessServed(_:session:token:)`, so a control plane
+/// before their reply with `regionAccessServed(_:session:token:)`, so a control plane
 /// that only counts costs about as little as none (issue #12, item 7).
 ///
 /// All calls run on the connection's thread, without the device lock.
