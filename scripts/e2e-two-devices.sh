@@ -22,11 +22,9 @@ set +e
 # shellcheck disable=SC2086
 EXTRA_SOCKETS="$TD_DIR/minimal.sock" "$SCRIPT_DIR/qemu-run-guest.sh" "$TD_DIR/default.sock" $TD_ARGS >"$TD_GLOG" 2>&1
 TD_QST=$?
-kill -TERM "$SERVER_PID" 2>/dev/null
-wait "$SERVER_PID"
-TD_SST=$?
 set -e
-SERVER_PID=""
+e2e_stop_server
+TD_SST=$SERVER_STATUS
 if tr -d '\r' <"$TD_GLOG" | grep -q '^00:06.0 .*\[1b36:0011\]'; then
   hpass "$TD_NAME" second-device "00:06.0 is 1b36:0011 (minimal.json) from the same server process"
 else

@@ -31,11 +31,9 @@ BOOT_TIMEOUT=30 GUEST_RAM=memfd "$SCRIPT_DIR/qemu-run-guest.sh" "$TV_SOCK" $TV_A
 TV_BST=$?
 wait "$TV_APID"
 TV_AST=$?
-kill -TERM "$SERVER_PID" 2>/dev/null
-wait "$SERVER_PID"
-TV_SST=$?
 set -e
-SERVER_PID=""
+e2e_stop_server
+TV_SST=$SERVER_STATUS
 
 if [ "$TV_BST" -ne 0 ] && [ "$TV_BST" -ne 124 ] && grep -q "Device or resource busy" "$TV_BLOG"; then
   hpass "$TV_NAME" second-vmm-refused "QEMU B exited with status $TV_BST: $(grep -m1 -o 'error reply[^:]*: command [0-9]* error Device or resource busy' "$TV_BLOG")"

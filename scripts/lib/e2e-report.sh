@@ -3,6 +3,17 @@
 # e2e-two-devices.sh). Uses the caller's VFU, PY, SCRIPT_DIR, LOG_DIR, BOOT_TIMEOUT and
 # qemu-e2e.sh's hpass, hfail, count and say.
 
+# e2e_stop_server: SIGTERM to $SERVER_PID and wait for it; its exit status goes to
+# SERVER_STATUS and SERVER_PID is cleared (qemu-e2e.sh's cleanup then leaves it alone).
+e2e_stop_server() {
+  set +e  # a server that has died already is a status, not an error here
+  kill -TERM "$SERVER_PID" 2>/dev/null
+  wait "$SERVER_PID"
+  SERVER_STATUS=$?
+  set -e
+  SERVER_PID=""
+}
+
 # e2e_server_stopped NAME STATUS: the server's exit status after SIGTERM is 0.
 e2e_server_stopped() {
   if [ "$2" -eq 0 ]; then hpass "$1" server-stop "status 0"; else hfail "$1" server-stop "status 0" "status $2"; fi
