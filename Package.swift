@@ -66,7 +66,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "DeviceSpecs",
-            dependencies: ["PCICore", "VFIOUserProtocol"],
+            dependencies: ["PCICore"],
             swiftSettings: strict),
         .target(
             name: "VariantDevices",
@@ -96,7 +96,7 @@ let package = Package(
             dependencies: [
                 "VFIOUserProtocol", "VFIOUserTransport", "PCICore", "VFIOUserServer",
                 "DeviceSpecs", "VariantDevices", "VFIOUserClient", "VFIOUserConformance", "VFIOUserControl",
-                "VFIOUserCapture", "VFIOUserProxy",
+                "VFIOUserCapture", "VFIOUserProxy", "MigrationStream",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -108,22 +108,22 @@ let package = Package(
         // Shared by the test targets only: a seeded generator, TestFailure, the repository root.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "VFIOUserProtocolTests", dependencies: ["VFIOUserProtocol", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "VFIOUserTransportTests", dependencies: ["VFIOUserTransport", "CVFIOUserShim"], swiftSettings: strict),
-        .testTarget(name: "PCICoreTests", dependencies: ["PCICore"], swiftSettings: strict),
+        .testTarget(name: "VFIOUserTransportTests", dependencies: ["VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim"], swiftSettings: strict),
+        .testTarget(name: "PCICoreTests", dependencies: ["PCICore", "VFIOUserProtocol"], swiftSettings: strict),
         .testTarget(name: "PCICoreIntegrationTests", dependencies: ["PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VFIOUserServerTests",
-            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "CVFIOUserShim", "TestSupport",
-                           "VFIOUserProxy", "VFIOUserCapture"],
+            dependencies: ["VFIOUserServer", "VFIOUserClient", "DeviceSpecs", "VariantDevices", "PCICore", "VFIOUserTransport", "VFIOUserProtocol", "TestSupport",
+                           "VFIOUserProxy", "VFIOUserCapture", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .testTarget(
             name: "VFIOUserConformanceTests",
-            dependencies: ["VFIOUserConformance", "VFIOUserServer", "VFIOUserClient", "VariantDevices", "DeviceSpecs", "PCICore",
+            dependencies: ["VFIOUserConformance", "VFIOUserServer", "VFIOUserClient", "VariantDevices",
                            "VFIOUserTransport", "VFIOUserProtocol", "TestSupport"],
             swiftSettings: strict),
-        .testTarget(name: "MigrationTests", dependencies: ["CVFIOUserShim", "CXXHash", "MigrationStream", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "MigrationTests", dependencies: ["CXXHash", "MigrationStream", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserTransport", "VFIOUserProtocol", "DeviceSpecs", "VariantDevices"], swiftSettings: strict),
         .testTarget(name: "VFIOUserClientTests", dependencies: ["VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "VFIOUserCaptureTests", dependencies: ["VFIOUserCapture", "VFIOUserProtocol", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "VFIOUserCaptureTests", dependencies: ["VFIOUserCapture", "VFIOUserProtocol"], swiftSettings: strict),
         .testTarget(
             name: "VFIOUserControlTests",
             dependencies: ["VFIOUserControl", "VFIOUserServer", "VFIOUserClient", "VariantDevices", "DeviceSpecs", "PCICore",
@@ -132,7 +132,7 @@ let package = Package(
         .testTarget(name: "DeviceSpecsTests", dependencies: ["DeviceSpecs", "PCICore", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "VariantDevicesTests",
-            dependencies: ["VariantDevices", "DeviceSpecs", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserProtocol"],
+            dependencies: ["VariantDevices", "DeviceSpecs", "PCICore", "VFIOUserServer", "VFIOUserClient", "VFIOUserProtocol", "VFIOUserTransport"],
             swiftSettings: strict),
     ]
 )

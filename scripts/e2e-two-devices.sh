@@ -5,12 +5,13 @@
 # both in one guest: default at 00:05.0 runs the whole check list (DMA, interrupts,
 # registers), minimal appears at 00:06.0 with its own ids, and the one server process
 # stops with status 0 and removes both sockets.
+# shellcheck source=scripts/lib/e2e-report.sh
+. "$SCRIPT_DIR/lib/e2e-report.sh"
 
 TD_NAME="default@two-devices"
 TD_DIR="$WORK/two-devices"
 TD_SLOG="$LOG_DIR/$TD_NAME.server.log"
 TD_GLOG="$LOG_DIR/$TD_NAME.guest.log"
-TD_CLOG="$LOG_DIR/$TD_NAME.check.log"
 mkdir -p "$TD_DIR"
 say "---- $TD_NAME"
 "$VFU" serve "$REPO/specs/default.json" "$REPO/specs/minimal.json" --socket-dir "$TD_DIR" >"$TD_SLOG" 2>&1 &
@@ -21,28 +22,15 @@ set +e
 # shellcheck disable=SC2086
 EXTRA_SOCKETS="$TD_DIR/minimal.sock" "$SCRIPT_DIR/qemu-run-guest.sh" "$TD_DIR/default.sock" $TD_ARGS >"$TD_GLOG" 2>&1
 TD_QST=$?
-kill -TERM "$SERVER_PID" 2>/dev/null
-wait "$SERVER_PID"
-TD_SST=$?
 set -e
-SERVER_PID=""
+e2e_stop_server
+TD_SST=$SERVER_STATUS
 if tr -d '\r' <"$TD_GLOG" | grep -q '^00:06.0 .*\[1b36:0011\]'; then
   hpass "$TD_NAME" second-device "00:06.0 is 1b36:0011 (minimal.json) from the same server process"
 else
   hfail "$TD_NAME" second-device "00:06.0 [1b36:0011] in the guest's lspci" "$(tr -d '\r' <"$TD_GLOG" | grep -a '^00:06.0' || echo none)"
 fi
-[ "$TD_SST" -eq 0 ] && hpass "$TD_NAME" server-stop "status 0" || hfail "$TD_NAME" server-stop "status 0" "status $TD_SST"
+e2e_server_stopped "$TD_NAME" "$TD_SST"
 if [ ! -e "$TD_DIR/default.sock" ] && [ ! -e "$TD_DIR/minimal.sock" ]; then hpass "$TD_NAME" sockets-removed
 else hfail "$TD_NAME" sockets-removed "both sockets removed" "$(ls "$TD_DIR")"; fi
-set +e
-"$VFU" check-spec --effective "$REPO/specs/default.json" >"$LOG_DIR/$TD_NAME.effective.json" 2>/dev/null
-"$PY" "$SCRIPT_DIR/e2e_check.py" "$REPO/specs/default.json" "$TD_GLOG" --qemu-status "$TD_QST" --server-log "$TD_SLOG" \
-  --timeout-seconds "$BOOT_TIMEOUT" --no-summary --effective "$LOG_DIR/$TD_NAME.effective.json" 2>&1 \
-  | sed "s/ spec=default / spec=$TD_NAME /" >"$TD_CLOG"
-set -e
-cat "$TD_CLOG"
-count "$TD_CLOG"
-if grep -q '^FAIL ' "$TD_CLOG"; then
-  say "guest console ($TD_GLOG):"; tail -40 "$TD_GLOG" | sed 's/^/  guest: /' >&2
-  say "server log:"; tail -30 "$TD_SLOG" | sed 's/^/  server: /' >&2
-fi
+e2e_report "$TD_NAME" "$REPO/specs/default.json" "$TD_GLOG" "$TD_QST" "$TD_SLOG"

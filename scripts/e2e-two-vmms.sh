@@ -1,11 +1,13 @@
 # e2e-two-vmms.sh - sourced by qemu-e2e.sh (uses its VFU, WORK, LOG_DIR, PY, SCRIPT_DIR,
-# REPO, hpass, hfail, count, say).
+# REPO, BOOT_TIMEOUT, hpass, hfail, count, say).
 #
 # Two QEMUs on one `vfu serve` socket. The first (A) owns the device from its first
 # DMA_MAP; the second (B), with guest RAM at the same IOVAs, must be refused: its
 # DMA_MAP, SET_IRQS, region writes and resets get EBUSY, so QEMU fails to realize the
 # device and exits. A's guest runs its whole check list (DMA, interrupts, registers)
 # undisturbed, and the server logs the refusal.
+# shellcheck source=scripts/lib/e2e-report.sh
+. "$SCRIPT_DIR/lib/e2e-report.sh"
 
 TV_SPEC="$REPO/specs/default.json"
 TV_NAME="default@two-vmms"
@@ -13,7 +15,6 @@ TV_SOCK="$WORK/two-vmms.sock"
 TV_SLOG="$LOG_DIR/$TV_NAME.server.log"
 TV_ALOG="$LOG_DIR/$TV_NAME.guest-a.log"
 TV_BLOG="$LOG_DIR/$TV_NAME.guest-b.log"
-TV_CLOG="$LOG_DIR/$TV_NAME.check.log"
 say "---- $TV_NAME"
 "$VFU" serve "$TV_SPEC" --socket "$TV_SOCK" >"$TV_SLOG" 2>&1 &
 SERVER_PID=$!
@@ -30,11 +31,9 @@ BOOT_TIMEOUT=30 GUEST_RAM=memfd "$SCRIPT_DIR/qemu-run-guest.sh" "$TV_SOCK" $TV_A
 TV_BST=$?
 wait "$TV_APID"
 TV_AST=$?
-kill -TERM "$SERVER_PID" 2>/dev/null
-wait "$SERVER_PID"
-TV_SST=$?
 set -e
-SERVER_PID=""
+e2e_stop_server
+TV_SST=$SERVER_STATUS
 
 if [ "$TV_BST" -ne 0 ] && [ "$TV_BST" -ne 124 ] && grep -q "Device or resource busy" "$TV_BLOG"; then
   hpass "$TV_NAME" second-vmm-refused "QEMU B exited with status $TV_BST: $(grep -m1 -o 'error reply[^:]*: command [0-9]* error Device or resource busy' "$TV_BLOG")"
@@ -51,18 +50,7 @@ if grep -aq "^E2E" "$TV_BLOG"; then
 else
   hpass "$TV_NAME" second-guest-no-device
 fi
-[ "$TV_SST" -eq 0 ] && hpass "$TV_NAME" server-stop "status 0" || hfail "$TV_NAME" server-stop "status 0" "status $TV_SST"
+e2e_server_stopped "$TV_NAME" "$TV_SST"
 # A's checks, in full (DMA into A's memory, A's interrupts, A's registers).
-set +e
-"$VFU" check-spec --effective "$TV_SPEC" >"$LOG_DIR/$TV_NAME.effective.json" 2>/dev/null
-"$PY" "$SCRIPT_DIR/e2e_check.py" "$TV_SPEC" "$TV_ALOG" --qemu-status "$TV_AST" --server-log "$TV_SLOG" \
-  --timeout-seconds "$BOOT_TIMEOUT" --no-summary --effective "$LOG_DIR/$TV_NAME.effective.json" 2>&1 \
-  | sed "s/ spec=default / spec=$TV_NAME /" >"$TV_CLOG"
-set -e
-cat "$TV_CLOG"
-count "$TV_CLOG"
-if grep -q '^FAIL ' "$TV_CLOG"; then
-  say "guest A console ($TV_ALOG):"; tail -40 "$TV_ALOG" | sed 's/^/  guest-a: /' >&2
-  say "server log:"; tail -30 "$TV_SLOG" | sed 's/^/  server: /' >&2
-fi
+e2e_report "$TV_NAME" "$TV_SPEC" "$TV_ALOG" "$TV_AST" "$TV_SLOG" "guest A"
 rm -f "$TV_SOCK"

@@ -34,6 +34,8 @@ for m in "${missing[@]}"; do
   esac
 done
 
+echo "== Package.swift's dependencies match the imports (scripts/check-deps.sh)"
+scripts/check-deps.sh
 echo "== swift build"
 set +e
 swift build >"$LOG_DIR/swift-build.log" 2>&1

@@ -78,51 +78,21 @@ int vfu_send_all2(int sock, const void *a, size_t alen, const void *b, size_t bl
     return send_iov(sock, iov, blen ? 2 : 1, fds, nfds);
 }
 
-ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
-                       int *extra_fds, int *ctrunc) {
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * VFU_MAX_CMSG_FDS)];
-        struct cmsghdr align;
-    } control;
-    *nfds = 0; *extra_fds = 0; *ctrunc = 0;
-    size_t got = 0;
-    while (got < len) {
-        struct iovec iov = { (char *)buf + got, len - got };
-        struct msghdr msg;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.buf;
-        msg.msg_controllen = sizeof control.buf;
-        ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            int *data = (int *)CMSG_DATA(c);
-            for (int i = 0; i < count; i++) {
-                int fd;
-                memcpy(&fd, data + i, sizeof fd);
-                if (*nfds < max_fds) fds[(*nfds)++] = fd;
-                else { close(fd); (*extra_fds)++; }
-            }
-        }
-        if (msg.msg_flags & MSG_CTRUNC) *ctrunc = 1;
-        if (n == 0) break;  // EOF
-        got += (size_t)n;
-    }
-    return (ssize_t)got;
-}
+// Room for one recvmsg's control data: as many fds as one message may carry.
+typedef union {
+    char buf[CMSG_SPACE(sizeof(int) * VFU_MAX_CMSG_FDS)];
+    struct cmsghdr align;
+} recv_control;
 
-ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc, int nonblocking) {
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * VFU_MAX_CMSG_FDS)];
-        struct cmsghdr align;
-    } control;
-    *nfds = 0; *ctrunc = 0;
+// One recvmsg(2) into buf (retried on EINTR) with MSG_CMSG_CLOEXEC, so no received fd
+// leaks into a child. The SCM_RIGHTS fds it brings are appended to fds[*nfds...] up
+// to max_fds; the rest are closed and counted in *extra_fds. MSG_CTRUNC sets *ctrunc
+// (never clears it): the fds stored stay open, the caller decides. The counters are
+// not reset here, so vfu_recv_exact can add up several calls. Returns what recvmsg
+// returned; errno is recvmsg's when that is -1 (nothing is closed then).
+static ssize_t recv_once(int sock, void *buf, size_t len, int flags, int *fds, int max_fds, int *nfds,
+                         int *extra_fds, int *ctrunc) {
+    recv_control control;
     struct iovec iov = { buf, len };
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
@@ -131,8 +101,9 @@ ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, in
     msg.msg_control = control.buf;
     msg.msg_controllen = sizeof control.buf;
     ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0)); } while (n < 0 && errno == EINTR);
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags); } while (n < 0 && errno == EINTR);
     if (n < 0) return -1;
+    // CMSG_FIRSTHDR is NULL when no control data came (msg_controllen is 0 then).
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
@@ -141,11 +112,30 @@ ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, in
             int fd;
             memcpy(&fd, data + i, sizeof fd);
             if (*nfds < max_fds) fds[(*nfds)++] = fd;
-            else close(fd);
+            else { close(fd); (*extra_fds)++; }
         }
     }
     if (msg.msg_flags & MSG_CTRUNC) *ctrunc = 1;
     return n;
+}
+
+ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
+                       int *extra_fds, int *ctrunc) {
+    *nfds = 0; *extra_fds = 0; *ctrunc = 0;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = recv_once(sock, (char *)buf + got, len - got, 0, fds, max_fds, nfds, extra_fds, ctrunc);
+        if (n < 0) return -1;
+        if (n == 0) break;  // EOF
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc, int nonblocking) {
+    int extra_fds = 0;  // closed in recv_once; the proxy forwards bytes and needs no count
+    *nfds = 0; *ctrunc = 0;
+    return recv_once(sock, buf, len, nonblocking ? MSG_DONTWAIT : 0, fds, max_fds, nfds, &extra_fds, ctrunc);
 }
 
 ssize_t vfu_read_exact(int sock, void *buf, size_t len) {
@@ -238,38 +228,10 @@ void vfu_restore_sigpipe(int was_blocked) {
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
-// The server's buffered reader: like vfu_recv_some, but counts the fds past max_fds
+// The server's buffered reader: vfu_recv_some that also counts the fds past max_fds
 // (closed) in *extra_fds, so the message they rode with can be refused.
 ssize_t vfu_recv_buffered(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
-                      int *extra_fds, int *ctrunc) {
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * VFU_MAX_CMSG_FDS)];
-        struct cmsghdr align;
-    } control;
+                          int *extra_fds, int *ctrunc) {
     *nfds = 0; *extra_fds = 0; *ctrunc = 0;
-    struct iovec iov = { buf, len };
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    ssize_t n;
-    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
-    if (n < 0) return -1;
-    if (msg.msg_controllen > 0) {
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            int *data = (int *)CMSG_DATA(c);
-            for (int i = 0; i < count; i++) {
-                int fd;
-                memcpy(&fd, data + i, sizeof fd);
-                if (*nfds < max_fds) fds[(*nfds)++] = fd;
-                else { close(fd); (*extra_fds)++; }
-            }
-        }
-    }
-    if (msg.msg_flags & MSG_CTRUNC) *ctrunc = 1;
-    return n;
+    return recv_once(sock, buf, len, 0, fds, max_fds, nfds, extra_fds, ctrunc);
 }

@@ -80,8 +80,6 @@ extension ControlClient {
         guard r.ok else { throw TestFailure("\(op) refused: \(r.error ?? "?"): \(r.reason ?? "")") }
         return r
     }
-
-    func fault(_ spec: FaultSpec) throws -> ControlReply { try req("fault-add") { $0.fault = spec } }
 }
 
 enum DB {
@@ -110,4 +108,39 @@ func fault(_ kind: FaultSpec.Kind, _ body: (inout FaultSpec) -> Void = { _ in })
     var f = FaultSpec(kind: kind)
     body(&f)
     return f
+}
+
+/// What a fault test works with: a rig, a control client and a VMM-like client (memory
+/// and bus mastering on), and guest memory DMA-mapped when the test asked for it.
+struct FaultBench {
+    let rig: Rig
+    let ctl: ControlClient
+    let vmm: VFIOUserClient
+    /// The guest memory mapped for DMA (nil unless `withFaultBench` was given an address).
+    let mem: ClientMemory?
+
+    /// Adds a fault of `kind` shaped by `body` over the control socket (`fault-add`) and
+    /// returns the reply; throws unless the server accepted it (armed, or pending on a trigger).
+    @discardableResult
+    func arm(_ kind: FaultSpec.Kind, _ body: (inout FaultSpec) -> Void = { _ in }) throws -> ControlReply {
+        try ctl.ok("fault-add") { $0.fault = fault(kind, body) }
+    }
+}
+
+/// Runs `body` on a fresh bench named `tag`; with `dmaAt`, 64 KiB of guest memory is
+/// DMA-mapped there first. Takes it down after: the VMM, the control client, the rig.
+func withFaultBench(tag: String, dmaAt address: UInt64? = nil, _ body: (FaultBench) throws -> Void) throws {
+    let rig = try Rig(tag: tag)
+    defer { rig.stop() }
+    let ctl = try rig.ctl()
+    defer { ctl.close() }
+    let vmm = try rig.vmm()
+    defer { vmm.close() }
+    var mem: ClientMemory? = nil
+    if let address {
+        let m = try ClientMemory(size: 64 << 10)
+        try vmm.dmaMap(m, address: address)
+        mem = m
+    }
+    try body(FaultBench(rig: rig, ctl: ctl, vmm: vmm, mem: mem))
 }

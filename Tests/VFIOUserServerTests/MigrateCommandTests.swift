@@ -40,6 +40,8 @@ import VFIOUserTransport
 
         let (s1, out1, err1) = try vfu(["migrate", "--from", "\(dir)/a.sock", "--to", "\(dir)/b.sock", "--json"], dir, "live")
         #expect(s1 == .exited(0), "\(err1)")
+        // --json: stdout is the one-line summary and nothing else (diagnostics go to stderr).
+        #expect(out1.hasPrefix("{") && out1.hasSuffix("}\n") && out1.filter { $0 == "\n" }.count == 1, "\(out1)")
         #expect(!err1.contains("pre-copy round"), "a progress bar without a terminal: \(err1)")
         #expect((number("total_bytes", in: out1) ?? 0) >= 64 * 1_048_576, "\(out1)")
         #expect(number("downtime_ms", in: out1) != nil && out1.contains("\"rounds\":"), "\(out1)")

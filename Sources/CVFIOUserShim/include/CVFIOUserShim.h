@@ -27,12 +27,12 @@ int vfu_send_all(int sock, const void *buf, size_t len, const int *fds, int nfds
 /// Sends two buffers as one message (header and payload) without copying them together.
 int vfu_send_all2(int sock, const void *a, size_t alen, const void *b, size_t blen, const int *fds, int nfds);
 
-/// Receives exactly len bytes (unless EOF), collecting SCM_RIGHTS fds from the
-/// first recvmsg with MSG_CMSG_CLOEXEC.
+/// Receives exactly len bytes (unless EOF) in as many recvmsg(2) calls as it takes,
+/// with MSG_CMSG_CLOEXEC, collecting the SCM_RIGHTS fds of every call.
 /// Returns the number of bytes received (< len only at EOF), or -1 with errno.
 /// *nfds receives the number of fds stored in fds (at most max_fds); *extra_fds
 /// counts fds that arrived but did not fit (they are closed here); *ctrunc is set
-/// when the kernel reported MSG_CTRUNC (all received fds are closed then).
+/// when the kernel reported MSG_CTRUNC (the stored fds stay open: the caller closes them).
 ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
                        int *extra_fds, int *ctrunc);
 
@@ -44,8 +44,10 @@ ssize_t vfu_recv_exact(int sock, void *buf, size_t len, int *fds, int max_fds, i
 /// With nonblocking set it does not wait (MSG_DONTWAIT): -1 with EAGAIN when nothing is there.
 ssize_t vfu_recv_some(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds, int *ctrunc, int nonblocking);
 /// vfu_recv_buffered: one recvmsg(2) of up to len bytes (retried on EINTR), collecting SCM_RIGHTS fds
-/// like vfu_recv_exact: the buffered reader's single receive call per small message.
-/// Returns the bytes received (0 at EOF), or -1 with errno.
+/// like vfu_recv_exact (*extra_fds counts those past max_fds, closed; *ctrunc on MSG_CTRUNC,
+/// stored fds stay open): the buffered reader's single receive call per small message.
+/// Returns the bytes received (0 at EOF), or -1 with errno. vfu_recv_some is the same call
+/// without the count and with a non-blocking option (one implementation in shim.c).
 ssize_t vfu_recv_buffered(int sock, void *buf, size_t len, int *fds, int max_fds, int *nfds,
                       int *extra_fds, int *ctrunc);
 
