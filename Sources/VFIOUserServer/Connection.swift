@@ -59,6 +59,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         l[metadataKey: "conn"] = "\(number)"
         self.logger = l
         session = device.openSession()
+        OwnerHandOver.register(device, session, fd: socket.fd.rawValue)
     }
 
     var maxTransferSize: Int { clientCapabilities.effectiveMaxDataXferSize }
@@ -280,6 +281,7 @@ final class Connection: DMAMessageTransport, @unchecked Sendable {
         // it, so the device never again reaches memory through a dead connection.
         device.closeSession(session)
         for w in waiters.values { w.fulfil(nil) }
+        OwnerHandOver.unregister(device, session)
         socket.fd.close()
         options.observer?.closed(connection: number)
         logger.info("client disconnected")

@@ -78,7 +78,6 @@ enum Dispatcher {
     /// or reset: only the owning session (the VMM) may send them. Others may ask for
     /// information, read regions and drive migration (docs/architecture.md).
     /// How long a claim waits for a departing owner's cleanup before EBUSY.
-    static let ownerHandOverMs = 250
 
     static func requiresOwnership(_ command: Command) -> Bool {
         switch command {
@@ -101,9 +100,11 @@ enum Dispatcher {
     /// waking from its read): a VMM restarted at once, or a tool's next connection,
     /// waits a moment for that rather than being refused.
     static func claim(_ command: Command, _ c: Connection) throws(VFIOErrno) {
-        // Wait once per owner: a second VMM's every command is not slowed down.
-        let waitMs = c.device.owner == c.refusedBy ? 0 : ownerHandOverMs
-        let deadline = monotonicMs() + waitMs
+        // Wait once per owner: a second VMM's every command is not slowed down. An
+        // owner that is still connected gets a short grace; one that has hung up is
+        // waited for until its connection has released the device (OwnerHandOver.swift).
+        let waitOnce = c.device.owner != c.refusedBy
+        let start = monotonicMs()
         while true {
             do {
                 if try c.device.claimOwnership(c.session) {
@@ -111,15 +112,17 @@ enum Dispatcher {
                 }
                 return
             } catch {
-                if monotonicMs() >= deadline { break }
+                let waited = monotonicMs() - start
+                guard let owner = c.device.owner else { continue }  // released meanwhile: try again
+                guard waitOnce else { break }
+                let limit = OwnerHandOver.hasHungUp(c.device, owner) ? OwnerHandOver.hungUpOwnerMs : OwnerHandOver.graceMs
+                if waited >= limit { break }
                 sleepMs(1)
             }
         }
-        do { try c.device.claimOwnership(c.session) } catch {
-            c.refusedBy = c.device.owner
-            c.logger.warning("\(command) refused (EBUSY): the device is owned by another client (session \(c.device.owner.map { "\($0)" } ?? "?")); this one may only inspect it and drive migration")
-            throw error
-        }
+        c.refusedBy = c.device.owner
+        c.logger.warning("\(command) refused (EBUSY): the device is owned by another client (session \(c.device.owner.map { "\($0)" } ?? "?")); this one may only inspect it and drive migration")
+        throw .EBUSY
     }
 
     static func decode<T: WirePayload>(_ msg: ReceivedMessage, as: T.Type = T.self) throws(ProtocolError) -> T {
