@@ -60,16 +60,44 @@ public struct ConfigLayoutError: Error, CustomStringConvertible, Equatable {
     public var description: String { "\(subject): \(reason)" }
 }
 
-/// Where each capability landed.
+/// Where each capability landed in config space and how many bytes it covers, in
+/// the order they were placed: what a variant consults before it intercepts a
+/// config register (``PCIDevice/placedCapabilities``).
 public struct PlacedCapabilities: Sendable, Equatable {
-    public var standard: [(id: UInt8, offset: Int)] = []
+    /// Standard capabilities (0x40-0xFF): ID, offset of the ID byte, length in bytes
+    /// from the ID byte on.
+    public var standard: [(id: UInt8, offset: Int, length: Int)] = []
+    /// Extended capabilities (0x100-0xFFF): ID, offset of the header, length in
+    /// bytes from the header on.
     public var extended: [(id: UInt16, offset: Int, length: Int)] = []
 
+    /// An empty placement (no capabilities).
+    public init() {}
+
+    /// Where the first standard capability `id` sits, if the device has one.
     public func offset(ofStandard id: UInt8) -> Int? { standard.first { $0.id == id }?.offset }
+    /// Where the first extended capability `id` sits, if the device has one.
     public func offset(ofExtended id: UInt16) -> Int? { extended.first { $0.id == id }?.offset }
 
+    /// The config bytes standard capability `id` covers, if the device has one.
+    public func range(ofStandard id: UInt8) -> Range<Int>? {
+        standard.first { $0.id == id }.map { $0.offset..<($0.offset + $0.length) }
+    }
+
+    /// The ID of a standard capability whose bytes overlap `range`, if any: a config
+    /// register there belongs to the capability, not to the variant.
+    public func standardCapability(overlapping range: Range<Int>) -> UInt8? {
+        standard.first { ($0.offset..<($0.offset + $0.length)).overlaps(range) }?.id
+    }
+
+    /// The ID of an extended capability whose bytes overlap `range`, if any.
+    public func extendedCapability(overlapping range: Range<Int>) -> UInt16? {
+        extended.first { ($0.offset..<($0.offset + $0.length)).overlaps(range) }?.id
+    }
+
+    /// Same capabilities at the same offsets with the same lengths.
     public static func == (a: Self, b: Self) -> Bool {
-        a.standard.map { [Int($0.id), $0.offset] } == b.standard.map { [Int($0.id), $0.offset] }
+        a.standard.map { [Int($0.id), $0.offset, $0.length] } == b.standard.map { [Int($0.id), $0.offset, $0.length] }
             && a.extended.map { [Int($0.id), $0.offset, $0.length] } == b.extended.map { [Int($0.id), $0.offset, $0.length] }
     }
 }
@@ -81,7 +109,9 @@ public struct PlacedCapabilities: Sendable, Equatable {
 /// first free spots. Standard capabilities live in 0x40-0xFF, extended ones in
 /// 0x100-0xFFF with the first one at 0x100 (where PCIe looks for the list).
 public enum CapabilityLayout {
-    public static func apply(standard: [PCICapability], extended: [PCIExtendedCapability],
+    /// Places `standard` and `extended` into `config`, links the lists and returns
+    /// where each landed; throws naming the capability that does not fit.
+    @_spi(Server) public static func apply(standard: [PCICapability], extended: [PCIExtendedCapability],
                              to config: ConfigSpace) throws(ConfigLayoutError) -> PlacedCapabilities {
         var placed = PlacedCapabilities()
         var used = [Bool](repeating: false, count: config.size)
@@ -95,7 +125,7 @@ public enum CapabilityLayout {
             config.define(offset: o, width: 1, value: UInt64(c.id))
             config.define(offset: o + 1, width: 1, value: UInt64(next))
             config.define(offset: o + 2, bytes: c.body, writeMask: c.writeMask, w1cMask: c.w1cMask)
-            placed.standard.append((c.id, o))
+            placed.standard.append((c.id, o, c.length))
         }
         if let first = stdOrder.first {
             config.define(offset: 0x34, width: 1, value: UInt64(first.1))

@@ -6,9 +6,16 @@ import VFIOUserProtocol
 /// Every byte has a write mask (bits software may change) and a write-1-to-clear
 /// mask. Registers whose value is computed (BARs, Interrupt Status, MSI pending
 /// bits, ...) or whose writes have side effects (FLR, MSI enable) are served by
-/// dword hooks. Guarded by the owning device's lock.
+/// dword hooks.
+///
+/// The core's own: its policy and raw stores are `@_spi(Server)`. A variant names
+/// only ``Hook`` (for ``PCIDevice/interceptConfig(dword:value:writeMask:hook:)``) and
+/// reaches config bits through ``PCIDevice/configDword(_:)`` and
+/// ``PCIDevice/setConfigBits(dword:_:mask:)``. Behind the device lock: every caller holds it.
 public final class ConfigSpace: @unchecked Sendable {
-    /// A computed or side-effecting dword.
+    // @unchecked: every mutable field is only touched with the owning device's lock held.
+
+    /// A computed or side-effecting dword. Both closures run with the device lock held.
     public struct Hook: Sendable {
         /// Returns the dword's current value; nil = use the stored bytes.
         public var read: (@Sendable (_ stored: UInt32) -> UInt32)?
@@ -16,6 +23,7 @@ public final class ConfigSpace: @unchecked Sendable {
         /// `written` has a 0xFF byte lane for each byte the access touched.
         public var write: (@Sendable (_ old: UInt32, _ new: UInt32, _ written: UInt32) -> Void)?
 
+        /// A hook with either or both closures (none: the dword is plain stored bytes).
         public init(read: (@Sendable (_ stored: UInt32) -> UInt32)? = nil,
                     write: (@Sendable (_ old: UInt32, _ new: UInt32, _ written: UInt32) -> Void)? = nil) {
             self.read = read
@@ -23,19 +31,24 @@ public final class ConfigSpace: @unchecked Sendable {
         }
     }
 
-    public let size: Int
+    /// 256, or 4096 for PCI Express.
+    @_spi(Server) public let size: Int
     // Read on every config access under the device lock (the caller holds it): unchecked,
     // they skip the runtime's dynamic exclusivity bookkeeping (issue #14).
-    @exclusivity(unchecked) public private(set) var bytes: [UInt8]
-    public private(set) var writeMask: [UInt8]
-    public private(set) var w1cMask: [UInt8]
+    /// The stored bytes (what a client reads, before read hooks).
+    @_spi(Server) @exclusivity(unchecked) public private(set) var bytes: [UInt8]
+    /// Per byte, the bits a client write may change.
+    @_spi(Server) public private(set) var writeMask: [UInt8]
+    /// Per byte, the bits a client clears by writing 1.
+    @_spi(Server) public private(set) var w1cMask: [UInt8]
     private var hooks: [Int: [Hook]] = [:]
     /// Whether each dword (offset / 4) has a read hook, so a client read looks up
     /// `hooks` only for the dwords that need it (the hot path reads plain bytes).
     @exclusivity(unchecked) private var readHooked: [Bool]
     private var powerOn: (bytes: [UInt8], writeMask: [UInt8], w1cMask: [UInt8])?
 
-    public init(size: Int) {
+    /// An all-zero, read-only config space of `size` bytes (256 or 4096).
+    @_spi(Server) public init(size: Int) {
         precondition(size == 256 || size == 4096, "config space is 256 or 4096 bytes")
         self.size = size
         bytes = [UInt8](repeating: 0, count: size)
@@ -47,7 +60,7 @@ public final class ConfigSpace: @unchecked Sendable {
     // MARK: Building
 
     /// Sets a field's power-on value and write policy (bytes, little-endian).
-    public func define(offset: Int, width: Int, value: UInt64, writable: UInt64 = 0, writeOneToClear: UInt64 = 0) {
+    @_spi(Server) public func define(offset: Int, width: Int, value: UInt64, writable: UInt64 = 0, writeOneToClear: UInt64 = 0) {
         precondition(offset >= 0 && offset + width <= size)
         for i in 0..<width {
             let s = UInt64(8 * i)
@@ -58,7 +71,7 @@ public final class ConfigSpace: @unchecked Sendable {
     }
 
     /// Copies raw bytes in (capability bodies) with their masks.
-    public func define(offset: Int, bytes src: [UInt8], writeMask wm: [UInt8]? = nil, w1cMask wc: [UInt8]? = nil) {
+    @_spi(Server) public func define(offset: Int, bytes src: [UInt8], writeMask wm: [UInt8]? = nil, w1cMask wc: [UInt8]? = nil) {
         precondition(offset >= 0 && offset + src.count <= size)
         for i in 0..<src.count {
             bytes[offset + i] = src[i]
@@ -69,17 +82,17 @@ public final class ConfigSpace: @unchecked Sendable {
 
     /// Adds a hook on the dword at `offset` (rounded down to 4). Several hooks on one
     /// dword run in the order they were added; the last read hook wins.
-    public func intercept(dword offset: Int, _ hook: Hook) {
+    @_spi(Server) public func intercept(dword offset: Int, _ hook: Hook) {
         precondition(offset >= 0 && offset < size)
         hooks[offset & ~3, default: []].append(hook)
         if hook.read != nil { readHooked[offset >> 2] = true }
     }
 
     /// Records the current contents as the power-on state that `reset()` restores.
-    public func sealPowerOnState() { powerOn = (bytes, writeMask, w1cMask) }
+    @_spi(Server) public func sealPowerOnState() { powerOn = (bytes, writeMask, w1cMask) }
 
     /// Returns every register to its power-on value.
-    public func reset() {
+    @_spi(Server) public func reset() {
         guard let p = powerOn else { return }
         bytes = p.bytes
         writeMask = p.writeMask
@@ -88,15 +101,21 @@ public final class ConfigSpace: @unchecked Sendable {
 
     // MARK: Raw access for the device model (no policy, no hooks)
 
-    public func load8(_ o: Int) -> UInt8 { bytes[o] }
-    public func load16(_ o: Int) -> UInt16 { bytes.le16(at: o) }
-    public func load32(_ o: Int) -> UInt32 { bytes.le32(at: o) }
-    public func store8(_ v: UInt8, _ o: Int) { bytes[o] = v }
-    public func store16(_ v: UInt16, _ o: Int) { bytes.setLE16(v, at: o) }
-    public func store32(_ v: UInt32, _ o: Int) { bytes.setLE32(v, at: o) }
+    /// The stored byte at `o`.
+    @_spi(Server) public func load8(_ o: Int) -> UInt8 { bytes[o] }
+    /// The stored little-endian u16 at `o`.
+    @_spi(Server) public func load16(_ o: Int) -> UInt16 { bytes.le16(at: o) }
+    /// The stored little-endian u32 at `o`.
+    @_spi(Server) public func load32(_ o: Int) -> UInt32 { bytes.le32(at: o) }
+    /// Stores a byte at `o`, past the write policy.
+    @_spi(Server) public func store8(_ v: UInt8, _ o: Int) { bytes[o] = v }
+    /// Stores a little-endian u16 at `o`, past the write policy.
+    @_spi(Server) public func store16(_ v: UInt16, _ o: Int) { bytes.setLE16(v, at: o) }
+    /// Stores a little-endian u32 at `o`, past the write policy.
+    @_spi(Server) public func store32(_ v: UInt32, _ o: Int) { bytes.setLE32(v, at: o) }
 
     /// The dword as a client would read it (hooks applied).
-    public func effectiveDword(_ offset: Int) -> UInt32 {
+    @_spi(Server) public func effectiveDword(_ offset: Int) -> UInt32 {
         let d = offset & ~3
         var v = bytes.le32(at: d)
         if let hs = hooks[d] { for h in hs { if let r = h.read { v = r(v) } } }
@@ -106,7 +125,7 @@ public final class ConfigSpace: @unchecked Sendable {
     // MARK: Client access
 
     /// A client read: bounds-checked, hooks applied.
-    public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
+    @_spi(Server) public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         guard count >= 0, offset <= UInt64(size), UInt64(count) <= UInt64(size) - offset else { throw .EINVAL }
         return try [UInt8](unsafeUninitializedCapacity: count) { (buf, n) throws(VFIOErrno) in
             try read(offset: offset, into: UnsafeMutableRawBufferPointer(buf))
@@ -116,7 +135,7 @@ public final class ConfigSpace: @unchecked Sendable {
 
     /// A client read into `buffer` (its whole length): bounds-checked, hooks applied,
     /// nothing allocated.
-    public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
+    @_spi(Server) public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
         let count = buffer.count
         guard offset <= UInt64(size), UInt64(count) <= UInt64(size) - offset else { throw .EINVAL }
         guard count > 0 else { return }
@@ -136,7 +155,7 @@ public final class ConfigSpace: @unchecked Sendable {
 
     /// A client write: each byte changes only where its write mask allows; W1C bits
     /// clear where a 1 is written; then the touched dwords' hooks run.
-    public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
+    @_spi(Server) public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         let count = data.count
         guard offset <= UInt64(size), UInt64(count) <= UInt64(size) - offset else { throw .EINVAL }
         let o = Int(offset)

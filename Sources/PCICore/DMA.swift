@@ -4,52 +4,73 @@ import VFIOUserTransport
 
 /// How the device reaches client memory that was mapped without an fd: the server
 /// sends DMA_READ / DMA_WRITE messages on the client's connection.
-public protocol DMAMessageTransport: AnyObject, Sendable {
+@_spi(Server) public protocol DMAMessageTransport: AnyObject, Sendable {
     /// Largest `count` the client accepts in one DMA message.
     var maxTransferSize: Int { get }
+    /// Reads `count` bytes of client memory at `address` with a DMA_READ message;
+    /// called with the device lock released.
     func dmaRead(address: UInt64, count: Int) throws(VFIOErrno) -> [UInt8]
+    /// Writes `data` to client memory at `address` with a DMA_WRITE message; called
+    /// with the device lock released.
     func dmaWrite(address: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno)
 }
 
 /// One DMA_MAP: a range of client IOVA space the device may access.
-public struct DMAMapping: Sendable {
+@_spi(Server) public struct DMAMapping: Sendable {
     /// Unique for the life of the device: a DMA that waited on a client checks that
     /// the very mapping it used is still there, not merely one at the same address.
     public var id: UInt64
+    /// First IOVA of the range.
     public var address: UInt64
+    /// Length of the range in bytes.
     public var size: UInt64
+    /// Whether the device may read and/or write it.
     public var flags: DMAMapFlags
+    /// Offset of the range in the client's fd.
     public var fileOffset: UInt64
     /// Our mmap of the client's fd, or nil for message-based DMA.
     public var memory: MemoryMapping?
     /// Where inside `memory` the range starts (mmap needs page-aligned offsets).
     public var memoryBias: Int
+    /// The session that mapped it: only that client can unmap it.
     public var owner: SessionID
+    /// The connection that serves DMA_READ/DMA_WRITE for a mapping without an fd.
     public var transport: (any DMAMessageTransport)?
 
+    /// One past the last IOVA of the range.
     public var end: UInt64 { address + size }
 }
 
 /// The device's view of client memory: the DMA_MAP table, bounds-checked access,
-/// and dirty-page logging of every device write.
+/// and dirty-page logging of every device write. The core's own: variants reach
+/// client memory through ``DeviceJob`` (or ``PCIDevice/dmaRead(address:count:)``).
 ///
 /// Accesses may span several adjacent mappings; any byte outside a mapping fails the
 /// whole access with EFAULT before anything is written to memory the server maps.
-/// Guarded by the device lock, which every method takes; a message-based piece
-/// releases it while the client answers and re-validates everything afterwards.
-public final class DMAController: @unchecked Sendable {
-    /// The owning device's lock: every public method takes it (it is recursive).
+/// Behind the device lock: every method expects it held (checked in debug builds);
+/// a message-based piece releases it while the client answers and re-validates
+/// everything afterwards.
+@_spi(Server) public final class DMAController: @unchecked Sendable {
+    // @unchecked: every mutable field is only touched with `lock` held.
+
+    /// The owning device's lock: held by every caller, released by `suspend` around message DMA.
     let lock: DeviceLock
 
     init(lock: DeviceLock) { self.lock = lock }
 
-    /// The mappings, sorted by address and disjoint (a copy, taken under the lock).
-    public var mappings: [DMAMapping] { lock.withLock { _mappings } }
+    /// The mappings, sorted by address and disjoint (a copy).
+    public var mappings: [DMAMapping] {
+        lock.assertHeld()
+        return _mappings
+    }
     private var _mappings: [DMAMapping] = []  // sorted by address, disjoint; the device lock guards it
+    /// The host page size (mmap offsets are aligned to it).
     public let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
     /// Whether device-initiated DMA is currently allowed (Bus Master Enable, migration state).
     var allowed: @Sendable () -> VFIOErrno? = { nil }
-    public private(set) var dirtyLog: DirtyPageLog?
+    /// The dirty-page log while logging runs; the server asks for it through
+    /// ``PCIDevice/reportDirtyPages(iova:length:pageSize:)``.
+    private(set) var dirtyLog: DirtyPageLog?
     /// The session that started dirty logging: logging ends when it leaves.
     private(set) var loggingOwner: SessionID?
     /// Bumped by every device reset: DMA started before a reset fails with ECANCELED.
@@ -63,9 +84,10 @@ public final class DMAController: @unchecked Sendable {
     /// Adds a mapping for `owner`, who may hold at most `limit` of them (the
     /// `max_dma_maps` the server advertised). Takes ownership of `fd` (closed here on
     /// failure or after mmap).
-    @_spi(Server) public func map(_ req: DMAMapRequest, fd: OwnedFD?, owner: SessionID,
+    public func map(_ req: DMAMapRequest, fd: OwnedFD?, owner: SessionID,
                     transport: (any DMAMessageTransport)?, limit: Int = 65535) throws(VFIOErrno) {
-        try lock.withLock { () throws(VFIOErrno) in
+        lock.assertHeld()
+        do {
             defer { fd?.close() }
             guard req.size > 0, req.address <= UInt64.max - req.size else { throw .EINVAL }
             guard req.flags.isSubset(of: [.read, .write]), !req.flags.isEmpty else { throw .EINVAL }
@@ -112,21 +134,25 @@ public final class DMAController: @unchecked Sendable {
 
     /// Removes the mapping with exactly this address and size that `owner` made
     /// (ENOENT otherwise: one client cannot unmap another's memory).
-    @_spi(Server) public func unmap(address: UInt64, size: UInt64, owner: SessionID? = nil) throws(VFIOErrno) {
-        try lock.withLock { () throws(VFIOErrno) in
-            guard let i = _mappings.firstIndex(where: { $0.address == address && $0.size == size && (owner == nil || $0.owner == owner) }) else {
-                throw .ENOENT
-            }
-            _mappings.remove(at: i)
+    public func unmap(address: UInt64, size: UInt64, owner: SessionID? = nil) throws(VFIOErrno) {
+        lock.assertHeld()
+        guard let i = _mappings.firstIndex(where: { $0.address == address && $0.size == size && (owner == nil || $0.owner == owner) }) else {
+            throw .ENOENT
         }
+        _mappings.remove(at: i)
     }
 
     /// Removes every mapping, or every mapping `owner` made.
-    @_spi(Server) public func unmapAll(owner: SessionID? = nil) {
-        lock.withLock { _mappings.removeAll { owner == nil || $0.owner == owner } }
+    public func unmapAll(owner: SessionID? = nil) {
+        lock.assertHeld()
+        _mappings.removeAll { owner == nil || $0.owner == owner }
     }
 
-    @_spi(Server) public func removeAll(owner: SessionID) { lock.withLock { _mappings.removeAll { $0.owner == owner } } }
+    /// Removes every mapping `owner` made (its client disconnected).
+    public func removeAll(owner: SessionID) {
+        lock.assertHeld()
+        _mappings.removeAll { $0.owner == owner }
+    }
 
     // MARK: Device access
 
@@ -164,8 +190,9 @@ public final class DMAController: @unchecked Sendable {
 
     /// Reads client memory on the device's behalf. `generation` (a job's) makes the
     /// access fail with ECANCELED if the device was reset since.
-    public func read(address: UInt64, count: Int, generation: UInt64? = nil) throws(VFIOErrno) -> [UInt8] {
-        try lock.withLock { () throws(VFIOErrno) -> [UInt8] in
+    func read(address: UInt64, count: Int, generation: UInt64? = nil) throws(VFIOErrno) -> [UInt8] {
+        lock.assertHeld()
+        do {
             try admit(address, count, write: false, generation: generation)
             let start = resetGeneration
             var out = [UInt8]()
@@ -200,10 +227,11 @@ public final class DMAController: @unchecked Sendable {
 
     /// Writes client memory on the device's behalf; every page written is logged
     /// while dirty-page logging runs.
-    public func write<C: Collection>(address: UInt64, _ data: C, generation: UInt64? = nil) throws(VFIOErrno)
+    func write<C: Collection>(address: UInt64, _ data: C, generation: UInt64? = nil) throws(VFIOErrno)
         where C.Element == UInt8
     {
-        try lock.withLock { () throws(VFIOErrno) in
+        lock.assertHeld()
+        do {
             let bytes = Array(data)
             try admit(address, bytes.count, write: true, generation: generation)
             let start = resetGeneration
@@ -240,27 +268,39 @@ public final class DMAController: @unchecked Sendable {
     // MARK: Dirty page logging (DMA_LOGGING_START / STOP / REPORT)
 
     /// Starts logging for `session` (logging stops when that session leaves).
-    public func startLogging(pageSize: UInt64, ranges: [DMALoggingRange], by session: SessionID? = nil) throws(VFIOErrno) {
-        try lock.withLock { () throws(VFIOErrno) in
-            guard dirtyLog == nil else { throw .EBUSY }
-            guard pageSize >= 4096, pageSize.nonzeroBitCount == 1 else { throw .EINVAL }
-            dirtyLog = DirtyPageLog(pageSize: pageSize, ranges: ranges)
-            loggingOwner = session
-        }
+    func startLogging(pageSize: UInt64, ranges: [DMALoggingRange], by session: SessionID? = nil) throws(VFIOErrno) {
+        lock.assertHeld()
+        guard dirtyLog == nil else { throw .EBUSY }
+        guard pageSize >= 4096, pageSize.nonzeroBitCount == 1 else { throw .EINVAL }
+        dirtyLog = DirtyPageLog(pageSize: pageSize, ranges: ranges)
+        loggingOwner = session
     }
 
-    public func stopLogging() { lock.withLock { dirtyLog = nil; loggingOwner = nil } }
+    /// Ends logging (nothing is logged until it starts again).
+    func stopLogging() {
+        lock.assertHeld()
+        dirtyLog = nil
+        loggingOwner = nil
+    }
 
-    public func setDirtyLog(_ log: DirtyPageLog?) { lock.withLock { dirtyLog = log } }
+    /// The log's bitmap for a range, cleared as reported; EINVAL while not logging.
+    func reportDirty(iova: UInt64, length: UInt64, reportPageSize: UInt64) throws(VFIOErrno) -> [UInt64] {
+        lock.assertHeld()
+        guard dirtyLog != nil else { throw .EINVAL }
+        return dirtyLog!.report(iova: iova, length: length, reportPageSize: reportPageSize)
+    }
 }
 
 /// Pages the device wrote, at the logging page size, as a sparse bitmap.
-public struct DirtyPageLog: Sendable {
+@_spi(Server) public struct DirtyPageLog: Sendable {
+    /// The logging granularity (a power of two, at least 4 KiB).
     public let pageSize: UInt64
+    /// The IOVA ranges logged; empty means everything.
     public let ranges: [DMALoggingRange]
     /// page number / 64 → bits
     public private(set) var words: [UInt64: UInt64] = [:]
 
+    /// An empty log at `pageSize` over `ranges`.
     public init(pageSize: UInt64, ranges: [DMALoggingRange]) {
         self.pageSize = pageSize
         self.ranges = ranges
@@ -273,12 +313,14 @@ public struct DirtyPageLog: Sendable {
         return ranges.contains { $0.length > 0 && first <= $0.iova &+ ($0.length - 1) && $0.iova <= last }
     }
 
+    /// Logs the pages [address, address + length) touches, where they are tracked.
     public mutating func mark(address: UInt64, length: UInt64) {
         guard length > 0 else { return }
         let first = address / pageSize, last = (address + (length - 1)) / pageSize
         for p in first...last where tracked(p) { words[p / 64, default: 0] |= 1 << (p % 64) }
     }
 
+    /// Whether logged page `p` (address / pageSize) is dirty.
     public func isDirty(page p: UInt64) -> Bool { (words[p / 64] ?? 0) & (1 << (p % 64)) != 0 }
 
     /// The bitmap for [iova, iova+length) at `reportPageSize` (any power of two), and

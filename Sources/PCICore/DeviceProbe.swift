@@ -6,7 +6,7 @@ import VFIOUserProtocol
 ///
 /// Called with the device lock held: an implementation must not take the device
 /// lock itself from another thread while holding a lock it takes here.
-public protocol DeviceProbe: AnyObject, Sendable {
+@_spi(Server) public protocol DeviceProbe: AnyObject, Sendable {
     /// A device DMA passed the core's own checks and is about to touch client
     /// memory. Returning an errno fails it as a bus error would (nothing is read or
     /// written; the device model sees the errno).
@@ -19,7 +19,7 @@ extension PCIDevice {
     /// Why the client could not receive interrupt `vector` of `index` now, or nil if
     /// it can: the device has no such vector, no eventfd is bound to it, or (MSI,
     /// MSI-X) the function's capability is not enabled in config space.
-    public func interruptUnavailable(_ index: IRQIndex, vector: Int) -> String? {
+    @_spi(Server) public func interruptUnavailable(_ index: IRQIndex, vector: Int) -> String? {
         lock.withLock { () -> String? in
             let i = Int(index.rawValue)
             guard i < interrupts.indices.count, interrupts.indices[i].count > 0 else { return "the device has no \(index)" }

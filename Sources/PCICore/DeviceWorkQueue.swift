@@ -19,7 +19,7 @@ import VFIOUserTransport
 /// ``DeviceJob/withDevice(_:)`` does not run, so a job never writes its results
 /// into a device that was reset under it.
 public final class DeviceWorkQueue: @unchecked Sendable {
-    // @unchecked: every field below is only touched with `lock` held.
+    // @unchecked: every field below is only touched with `lock` (the queue's own) held.
     private let lock = ConditionLock()
     private var jobs: [(generation: UInt64, body: @Sendable (DeviceJob) -> Void)] = []
     private var head = 0
@@ -84,7 +84,7 @@ public final class DeviceWorkQueue: @unchecked Sendable {
     /// Holds queued jobs (true) or lets them run again (false): the engine of a device
     /// a control plane made hang. A held job a reset cancelled publishes nothing when
     /// it finally runs (``DeviceJob``).
-    public func hold(_ on: Bool) {
+    @_spi(Server) public func hold(_ on: Bool) {
         lock.lock()
         held = on
         lock.broadcast()
@@ -92,7 +92,7 @@ public final class DeviceWorkQueue: @unchecked Sendable {
     }
 
     /// Whether jobs are being held (``hold(_:)``).
-    public var isHeld: Bool {
+    @_spi(Server) public var isHeld: Bool {
         lock.lock()
         defer { lock.unlock() }
         return held
@@ -130,6 +130,7 @@ private extension Int32 {
 /// What a job may do to its device. Every call checks that the device has not been
 /// reset since the job was submitted; DMA re-checks after every wait on a client.
 public struct DeviceJob: Sendable {
+    /// The device the job was submitted to.
     public let device: PCIDevice
     /// The device's reset generation when the job was submitted.
     public let generation: UInt64
@@ -150,12 +151,14 @@ public struct DeviceJob: Sendable {
     /// Device-initiated read of client memory. EFAULT outside the owner's mappings,
     /// EPERM without Bus Master Enable, ECANCELED once the device was reset.
     public func dmaRead(address: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
-        try device.dma.read(address: address, count: count, generation: generation)
+        try device.lock.withLock { () throws(VFIOErrno) -> [UInt8] in
+            try device.dma.read(address: address, count: count, generation: generation)
+        }
     }
 
     /// Device-initiated write of client memory (logged for dirty-page tracking).
     public func dmaWrite<C: Collection>(address: UInt64, _ data: C) throws(VFIOErrno) where C.Element == UInt8 {
-        try device.dma.write(address: address, data, generation: generation)
+        try device.lock.withLock { () throws(VFIOErrno) in try device.dma.write(address: address, data, generation: generation) }
     }
 
     /// Raises the completion interrupt if the job is still current (see

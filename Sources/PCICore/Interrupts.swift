@@ -16,22 +16,38 @@ public typealias SessionID = UInt64
 ///   MSI mask bits or the MSI-X vector control / function mask) or has no eventfd yet
 ///   becomes pending and is delivered as soon as it is unmasked and has one.
 /// - ERR and REQ just signal.
-/// Guarded by the device lock.
-public final class InterruptController: @unchecked Sendable {
+///
+/// The core's own: variants raise interrupts through ``PCIDevice/raiseInterrupt(vector:)``
+/// and ``PCIDevice/triggerInterrupt(_:vector:)``. Behind the device lock: every method
+/// expects it held (checked in debug builds); only the irqfd watcher's thread takes it.
+@_spi(Server) public final class InterruptController: @unchecked Sendable {
+    // @unchecked: every mutable field is only touched with `lock` held.
+
+    /// One vector of an index.
     public struct Vector: Sendable {
+        /// The eventfd a client bound with SET_IRQS, if any.
         public var eventFD: OwnedFD?
+        /// The session that bound it.
         public var owner: SessionID = 0
+        /// Masked by SET_IRQS MASK (or INTx automasked).
         public var masked = false
+        /// Raised while masked or unbound: delivered on unmask.
         public var pending = false
     }
 
+    /// One interrupt index (INTx, MSI, MSI-X, ERR, REQ).
     public struct IndexState: Sendable {
+        /// What GET_IRQ_INFO reports for it.
         public var flags: IRQInfoFlags
+        /// Its vectors (none when the device lacks the index).
         public var vectors: [Vector]
+        /// How many vectors it has.
         public var count: Int { vectors.count }
     }
 
+    /// The five indices, by `IRQIndex` raw value.
     public private(set) var indices: [IndexState]
+    /// The INTx level.
     public private(set) var intxAsserted = false
     /// Signals delivered per index (for tests and statistics).
     public private(set) var delivered: [UInt64] = [0, 0, 0, 0, 0]
@@ -63,7 +79,7 @@ public final class InterruptController: @unchecked Sendable {
 
     deinit { irqfdWatcher?.stop() }
 
-    /// The owning device's lock: every public method takes it (it is recursive).
+    /// The owning device's lock: held by every caller.
     let lock: DeviceLock
 
     init(lock: DeviceLock, intx: Int, msi: Int, msix: Int, err: Int, req: Int) {
@@ -78,27 +94,27 @@ public final class InterruptController: @unchecked Sendable {
         ]
     }
 
+    /// GET_IRQ_INFO for `index`.
     public func info(index: UInt32) throws(VFIOErrno) -> IRQInfo {
-        try lock.withLock { () throws(VFIOErrno) -> IRQInfo in
-            guard index < UInt32(indices.count) else { throw .EINVAL }
-            let s = indices[Int(index)]
-            return IRQInfo(argsz: 16, flags: s.count > 0 ? s.flags : [], index: index, count: UInt32(s.count))
-        }
+        lock.assertHeld()
+        guard index < UInt32(indices.count) else { throw .EINVAL }
+        let s = indices[Int(index)]
+        return IRQInfo(argsz: 16, flags: s.count > 0 ? s.flags : [], index: index, count: UInt32(s.count))
     }
 
     /// True when a client bound at least one eventfd on the index (vfio's notion of "enabled").
     public func isEnabled(_ index: IRQIndex) -> Bool {
-        lock.withLock {
-            indices[Int(index.rawValue)].vectors.contains { $0.eventFD != nil }
-        }
+        lock.assertHeld()
+        return indices[Int(index.rawValue)].vectors.contains { $0.eventFD != nil }
     }
 
     // MARK: SET_IRQS (reference §3.7)
 
     /// Applies a SET_IRQS request. Consumes `fds` (each is owned by a vector afterwards,
     /// or closed). Validation follows libvfio-user and Linux; every failure is EINVAL.
-    @_spi(Server) public func setIRQs(_ req: SetIRQs, fds: [OwnedFD], session: SessionID) throws(VFIOErrno) {
-        try lock.withLock { () throws(VFIOErrno) in
+    public func setIRQs(_ req: SetIRQs, fds: [OwnedFD], session: SessionID) throws(VFIOErrno) {
+        lock.assertHeld()
+        do {
             guard req.index < UInt32(indices.count) else { throw .EINVAL }
             let index = Int(req.index)
             guard let data = req.dataType, let action = req.action else { throw .EINVAL }
@@ -168,58 +184,60 @@ public final class InterruptController: @unchecked Sendable {
     /// Raises vector `vector` of an edge-triggered index (MSI, MSI-X, ERR, REQ),
     /// or asserts INTx for index 0.
     public func trigger(index: Int, vector: Int = 0) {
-        lock.withLock {
-            guard index < indices.count, vector < indices[index].count else { return }
-            if index == 0 { assertINTx(); return }
-            guard raisingAllowed() else { return }
-            if isMasked(index, vector) || indices[index].vectors[vector].eventFD == nil {
-                setPending(index, vector, true)
-                return
-            }
-            signal(index, vector)
+        lock.assertHeld()
+        guard index < indices.count, vector >= 0, vector < indices[index].count else { return }
+        if index == 0 { assertINTx(); return }
+        guard raisingAllowed() else { return }
+        if isMasked(index, vector) || indices[index].vectors[vector].eventFD == nil {
+            setPending(index, vector, true)
+            return
         }
+        signal(index, vector)
     }
 
+    /// Raises vector `vector` of `index` (asserts INTx for `.intx`).
     public func trigger(_ index: IRQIndex, vector: Int = 0) { trigger(index: Int(index.rawValue), vector: vector) }
 
     /// Drives the INTx line high. Delivered (once) when not masked or disabled.
     public func assertINTx() {
-        lock.withLock {
-            guard indices[0].count > 0, raisingAllowed() else { return }
-            intxAsserted = true
-            reevaluate()
-        }
+        lock.assertHeld()
+        guard indices[0].count > 0, raisingAllowed() else { return }
+        intxAsserted = true
+        reevaluate()
     }
 
-    public func deassertINTx() { lock.withLock { intxAsserted = false } }
+    /// Drives the INTx line low.
+    public func deassertINTx() {
+        lock.assertHeld()
+        intxAsserted = false
+    }
 
+    /// Whether a vector is masked, by SET_IRQS or by config space / the MSI-X table.
     public func isMasked(_ index: Int, _ vector: Int) -> Bool {
-        lock.withLock {
-            indices[index].vectors[vector].masked || externalMask(index, vector)
-        }
+        lock.assertHeld()
+        return indices[index].vectors[vector].masked || externalMask(index, vector)
     }
 
+    /// Whether a vector waits to be delivered.
     public func isPending(_ index: IRQIndex, vector: Int) -> Bool {
-        lock.withLock { indices[Int(index.rawValue)].vectors[vector].pending }
+        lock.assertHeld()
+        return indices[Int(index.rawValue)].vectors[vector].pending
     }
 
     /// Delivers whatever became deliverable after a mask, enable or eventfd change.
     public func reevaluate() {
-        lock.withLock {
-            lock.withLock {
-                guard raisingAllowed() else { return }
-                if intxAsserted, indices[0].count > 0, !indices[0].vectors[0].masked, !intxDisabled(),
-                   indices[0].vectors[0].eventFD != nil {
-                    signal(0, 0)
-                    indices[0].vectors[0].masked = true   // automasked until UNMASK
-                }
-                for index in 1..<indices.count {
-                    for v in 0..<indices[index].count where indices[index].vectors[v].pending {
-                        if !isMasked(index, v) && indices[index].vectors[v].eventFD != nil {
-                            setPending(index, v, false)
-                            signal(index, v)
-                        }
-                    }
+        lock.assertHeld()
+        guard raisingAllowed() else { return }
+        if intxAsserted, indices[0].count > 0, !indices[0].vectors[0].masked, !intxDisabled(),
+           indices[0].vectors[0].eventFD != nil {
+            signal(0, 0)
+            indices[0].vectors[0].masked = true   // automasked until UNMASK
+        }
+        for index in 1..<indices.count {
+            for v in 0..<indices[index].count where indices[index].vectors[v].pending {
+                if !isMasked(index, v) && indices[index].vectors[v].eventFD != nil {
+                    setPending(index, v, false)
+                    signal(index, v)
                 }
             }
         }
@@ -241,25 +259,23 @@ public final class InterruptController: @unchecked Sendable {
     // MARK: Lifecycle
 
     /// Drops every eventfd a session registered (it disconnected).
-    @_spi(Server) public func removeAll(owner: SessionID) {
-        lock.withLock {
-            irqfdWatcher?.removeAll(owner: owner)
-            for i in indices.indices {
-                for v in indices[i].vectors.indices where indices[i].vectors[v].owner == owner { unbind(i, v) }
-            }
+    public func removeAll(owner: SessionID) {
+        lock.assertHeld()
+        irqfdWatcher?.removeAll(owner: owner)
+        for i in indices.indices {
+            for v in indices[i].vectors.indices where indices[i].vectors[v].owner == owner { unbind(i, v) }
         }
     }
 
     /// Device reset: nothing pending, INTx low and unmasked. Eventfd wiring is the
     /// VMM's and survives, as with vfio-pci.
     public func resetState() {
-        lock.withLock {
-            intxAsserted = false
-            for i in indices.indices {
-                for v in indices[i].vectors.indices {
-                    indices[i].vectors[v].masked = false
-                    if indices[i].vectors[v].pending { setPending(i, v, false) }
-                }
+        lock.assertHeld()
+        intxAsserted = false
+        for i in indices.indices {
+            for v in indices[i].vectors.indices {
+                indices[i].vectors[v].masked = false
+                if indices[i].vectors[v].pending { setPending(i, v, false) }
             }
         }
     }

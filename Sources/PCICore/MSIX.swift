@@ -6,7 +6,8 @@ import VFIOUserProtocol
 /// masks the vector). Vectors are masked at reset, as PCI requires. The PBA is
 /// read-only and mirrors the interrupt controller's pending bits.
 /// Guarded by the device lock.
-public final class MSIXTable: @unchecked Sendable {
+@_spi(Server) public final class MSIXTable: @unchecked Sendable {
+    // @unchecked: every mutable field is only touched with the owning device's lock held.
     public let vectors: Int
     private(set) var entries: [UInt8]
     private(set) var pba: [UInt8]

@@ -59,6 +59,7 @@ extension MigrationHandler {
 
 /// A piece of the outgoing migration stream, as a handler hands it to the core.
 public struct MigrationDataPiece {
+    /// The bytes, valid until the sink returns.
     public var bytes: UnsafeRawBufferPointer
     /// The bytes are device memory that will not change before the stream has been
     /// read to its end (memory of a stopped device, in STOP_COPY), so the core may hand
@@ -67,6 +68,7 @@ public struct MigrationDataPiece {
     /// reader would see it as it is when it reads, not as it was when it was handed out.
     public var isStable: Bool
 
+    /// A piece of `bytes`; `isStable` only for memory that cannot change before the stream ends.
     public init(_ bytes: UnsafeRawBufferPointer, isStable: Bool = false) {
         self.bytes = bytes
         self.isStable = isStable
@@ -82,24 +84,40 @@ public struct MigrationDataPiece {
 /// whole path is computed before the first arc runs, so an illegal request is
 /// refused with EINVAL and changes nothing. Each arc is handed to the device's
 /// handler; a failing arc leaves the device in ERROR, from which only a reset
-/// recovers. Guarded by the device lock.
+/// recovers.
+///
+/// A variant creates one with its handler and attaches it (``PCIDevice/migration``);
+/// the server drives it (`set`, `@_spi(Server)`). Behind the device lock: every
+/// caller holds it.
 public final class MigrationController: @unchecked Sendable {
-    public private(set) var state: MigrationState = .running
-    public let supportsPreCopy: Bool
-    public let supportsP2P: Bool
-    public let handler: any MigrationHandler
-    /// The arcs walked by the last `set`, for tests and logs.
-    public private(set) var lastPath: [MigrationState] = []
-    /// Why the last failed arc failed (nil after a success or reset).
-    public private(set) var lastFailure: String?
+    // @unchecked: every mutable field is only touched with the owning device's lock held.
 
+    /// The current state (RUNNING at power-on and after every reset).
+    public private(set) var state: MigrationState = .running
+    /// Whether PRE_COPY (and PRE_COPY_P2P with P2P) is offered.
+    public let supportsPreCopy: Bool
+    /// Whether RUNNING_P2P is offered.
+    public let supportsP2P: Bool
+    /// The variant's side: state as bytes, stop, resume and load.
+    @_spi(Server) public let handler: any MigrationHandler
+    /// The arcs walked by the last `set`, for tests and logs.
+    @_spi(Server) public private(set) var lastPath: [MigrationState] = []
+    /// Why the last failed arc failed (nil after a success or reset).
+    @_spi(Server) public private(set) var lastFailure: String?
+    /// Set by the device: runs when an arc lands in RUNNING or PRE_COPY (delivers
+    /// interrupts that became deliverable while the device could not raise them).
+    var mayRunAgain: (() -> Void)?
+
+    /// A state machine that hands every arc to `handler`, offering PRE_COPY and
+    /// RUNNING_P2P as asked.
     public init(handler: any MigrationHandler, preCopy: Bool = true, p2p: Bool = true) {
         self.handler = handler
         supportsPreCopy = preCopy
         supportsP2P = p2p
     }
 
-    public var featureFlags: MigrationFeatureFlags {
+    /// The VFIO_DEVICE_FEATURE_MIGRATION flags.
+    @_spi(Server) public var featureFlags: MigrationFeatureFlags {
         var f: MigrationFeatureFlags = [.stopCopy]
         if supportsP2P { f.insert(.p2p) }
         if supportsPreCopy { f.insert(.preCopy) }
@@ -142,7 +160,7 @@ public final class MigrationController: @unchecked Sendable {
     /// looking the table up again from them, as the kernel does; the lookup stops at
     /// ERROR (the kernel's loop needed a fix for that in 2026: ERROR's flags are ~0, so
     /// STOP_COPY→PRE_COPY, whose next step is ERROR, spun forever).
-    public func nextState(from cur: MigrationState, to target: MigrationState) -> MigrationState? {
+    @_spi(Server) public func nextState(from cur: MigrationState, to target: MigrationState) -> MigrationState? {
         guard supports(cur), supports(target) else { return nil }
         var next = Self.fsmTable[Int(cur.rawValue)][Int(target.rawValue)]
         while next != .error && !supports(next) {
@@ -152,7 +170,7 @@ public final class MigrationController: @unchecked Sendable {
     }
 
     /// The arcs from `cur` to `target`, or nil if the request is invalid.
-    public func path(from cur: MigrationState, to target: MigrationState) -> [MigrationState]? {
+    @_spi(Server) public func path(from cur: MigrationState, to target: MigrationState) -> [MigrationState]? {
         var out: [MigrationState] = []
         var s = cur
         while s != target {
@@ -165,7 +183,7 @@ public final class MigrationController: @unchecked Sendable {
 
     /// Moves to `target` arc by arc. An illegal request leaves the state unchanged
     /// (EINVAL); a failing arc lands in ERROR and rethrows its errno.
-    public func set(_ target: MigrationState) throws(VFIOErrno) {
+    @_spi(Server) public func set(_ target: MigrationState) throws(VFIOErrno) {
         // ERROR is never a valid request, not even from ERROR (only a reset leaves it).
         guard target != .error, let arcs = path(from: state, to: target) else { throw .EINVAL }
         lastPath = []
@@ -177,6 +195,7 @@ public final class MigrationController: @unchecked Sendable {
             }
             lastPath.append(next)
             state = next
+            if deviceMayRun { mayRunAgain?() }
             handler.didEnter(next)
         }
         lastFailure = nil

@@ -15,29 +15,46 @@ public enum ResetReason: String, Sendable {
 ///
 /// The core owns config space (header, BAR sizing, capability lists and their
 /// write policy), the region table, the interrupt controller, the DMA table,
-/// reset and the migration state machine. A variant device adds to it only
-/// through the public API below: regions, capabilities, config interceptors,
-/// interrupts, DMA, reset hooks and a migration handler.
+/// reset and the migration state machine. It has two contracts
+/// (docs/architecture.md, "What the core owns and what a variant may touch"):
 ///
-/// Thread safety: one recursive `lock` guards everything; every public method
-/// takes it, and handlers run with it held.
+/// - the variant API, plain `public`: regions, register ranges, config intercepts
+///   and hardware-set config bits, capability placement, interrupts, DMA and work
+///   through ``submitWork(_:)``, reset hooks and the migration handler;
+/// - the server's entry points, `@_spi(Server)`: sessions, region access, SET_IRQS,
+///   DMA mapping, dirty logging, reset, and the parts behind them (`config`,
+///   `interrupts`, `dma`). Only the server, the control plane and tests import them.
+///
+/// Thread safety: one recursive ``lock`` guards everything. Every method of the
+/// device takes it; handlers, hooks and the parts behind the device run with it held.
 public final class PCIDevice: @unchecked Sendable {
+    // @unchecked: every mutable field is guarded by `lock` (each method takes it);
+    // the `let` parts are classes with the same rule.
+
+    /// The lock that guards the whole device, the variant's state included
+    /// (``DeviceGuarded``). Take it only in code outside a handler.
     public let lock = DeviceLock()
+    /// What the device was built from (identity, BARs, interrupts, capabilities).
     public let configuration: PCIDeviceConfiguration
-    public let config: ConfigSpace
-    public let interrupts: InterruptController
-    public let dma: DMAController
+    /// Config space with its write policy: the core's own, behind the lock.
+    @_spi(Server) public let config: ConfigSpace
+    /// Interrupt state and delivery: the core's own, behind the lock.
+    @_spi(Server) public let interrupts: InterruptController
+    /// The DMA table and device DMA: the core's own, behind the lock.
+    @_spi(Server) public let dma: DMAController
     /// Where the work device models start from register accesses runs (see
     /// ``DeviceWorkQueue``): after the access completed, never holding back a reply.
     public let work: DeviceWorkQueue
+    /// Where each capability landed in config space, with its length.
     public internal(set) var placedCapabilities = PlacedCapabilities()
-    public internal(set) var msixTable: MSIXTable?
-    /// Register storage of each register-backed BAR (index → file).
-    public internal(set) var registerFiles: [Int: RegisterFile] = [:]
-    /// The handler table of each register-backed BAR; variants add ranges here.
-    public internal(set) var barHandlers: [Int: RegionMux] = [:]
-    /// Shared memory of each RAM-backed BAR.
-    public internal(set) var barMemory: [Int: SharedMemory] = [:]
+    /// The MSI-X table, when the device has MSI-X.
+    @_spi(Server) public internal(set) var msixTable: MSIXTable?
+    /// Register storage of each register-backed BAR (index → file): the control plane's raw pokes.
+    @_spi(Server) public internal(set) var registerFiles: [Int: RegisterFile] = [:]
+    /// The handler table of each register-backed BAR (variants add ranges with ``mapRegisters(bar:range:handler:)``).
+    @_spi(Server) public internal(set) var barHandlers: [Int: RegionMux] = [:]
+    /// Shared memory of each RAM-backed BAR (variants use ``memory(ofBAR:)``).
+    @_spi(Server) public internal(set) var barMemory: [Int: SharedMemory] = [:]
     /// How many resets the device has been through.
     public var resetCount: Int { lock.withLock { _resetCount } }
     private var _resetCount = 0
@@ -47,10 +64,18 @@ public final class PCIDevice: @unchecked Sendable {
         get { lock.withLock { _deviceInfoCapabilities } }
         set { lock.withLock { _deviceInfoCapabilities = newValue } }
     }
-    /// Migration support, when the device offers it.
+    /// Migration support, when the device offers it: a variant attaches a
+    /// ``MigrationController`` with its ``MigrationHandler`` once, while building.
     public var migration: MigrationController? {
         get { lock.withLock { _migration } }
-        set { lock.withLock { _migration = newValue } }
+        set {
+            lock.withLock {
+                // Interrupts that became deliverable while the device could not raise
+                // them (a client unmask in STOP) go out when it may run again.
+                newValue?.mayRunAgain = { [unowned self] in self.interrupts.reevaluate() }
+                _migration = newValue
+            }
+        }
     }
 
     private var _deviceInfoCapabilities: [DeviceInfoCapability] = []
@@ -68,11 +93,17 @@ public final class PCIDevice: @unchecked Sendable {
     // Internal (not private) so the migration stream can save and restore it (MigrationController.swift).
     var msixTouched: [Bool] = []
 
+    /// Command register: I/O Space Enable (I/O BARs decode).
     public static let commandIO: UInt16 = 0x0001
+    /// Command register: Memory Space Enable (memory BARs decode).
     public static let commandMemory: UInt16 = 0x0002
+    /// Command register: Bus Master Enable (device DMA is allowed).
     public static let commandBusMaster: UInt16 = 0x0004
+    /// Command register: Interrupt Disable (INTx is held back).
     public static let commandINTxDisable: UInt16 = 0x0400
 
+    /// Builds the function `c` describes, or says why it cannot exist (BAR overlap
+    /// and sizes, register placement, MSI-X table/PBA fit, capability layout).
     public init(configuration c: PCIDeviceConfiguration) throws(ConfigLayoutError) {
         configuration = c
         config = ConfigSpace(size: c.express ? 4096 : 256)
@@ -127,13 +158,22 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
+    /// Region `index` as it stands (a copy), or nil if there is none.
     public func region(_ index: UInt32) -> Region? {
         lock.withLock { Int(index) < regions.count ? regions[Int(index)] : nil }
     }
 
+    /// How many regions the device reports (the standard nine plus device-specific ones).
     public var regionCount: Int { lock.withLock { regions.count } }
 
-    /// Serves `range` of a register-backed BAR with `handler`.
+    /// The shared memory behind RAM-backed BAR `bar` (what clients mmap), or nil
+    /// when the BAR is not RAM. The model owns its contents; the core clears it on
+    /// reset unless the BAR preserves it.
+    public func memory(ofBAR bar: Int) -> SharedMemory? { lock.withLock { barMemory[bar] } }
+
+    /// Serves `range` of a register-backed BAR with `handler` (offsets relative to the
+    /// range). EINVAL if the BAR is not register-backed or the range leaves it;
+    /// EEXIST if it overlaps another range or the MSI-X table/PBA.
     public func mapRegisters(bar: Int, range: Range<UInt64>, handler: any RegionAccessHandler) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             guard let mux = barHandlers[bar] else { throw .EINVAL }
@@ -143,12 +183,34 @@ public final class PCIDevice: @unchecked Sendable {
     }
 
     /// Intercepts a config-space dword (for registers a variant virtualizes, like IGD's ASLS).
-    /// The dword is made writable with `writeMask` so the write reaches the stored bytes.
+    /// With `value`, the dword gets that power-on value and `writeMask` says which bits
+    /// a client may change; the hook's `read` transforms what the client sees and its
+    /// `write` runs after the write policy updated the stored bytes. Resets restore
+    /// the new definition.
     public func interceptConfig(dword offset: Int, value: UInt32? = nil, writeMask: UInt32 = 0, hook: ConfigSpace.Hook) {
         lock.withLock {
             if let value { config.define(offset: offset & ~3, width: 4, value: UInt64(value), writable: UInt64(writeMask)) }
             config.intercept(dword: offset, hook)
             config.sealPowerOnState()
+        }
+    }
+
+    /// The stored config dword at `offset` (rounded down to 4), as the device model
+    /// sees it: no read hooks, so computed registers (BARs, Interrupt Status) show
+    /// what was stored, not what a client reads.
+    public func configDword(_ offset: Int) -> UInt32 {
+        lock.withLock { config.load32(offset & ~3) }
+    }
+
+    /// Sets config bits the way hardware does, past the write policy and without
+    /// running hooks: a Status error bit, a capability field the model updates, a
+    /// register the variant clears on reset. Only the bits in `mask` of the dword at
+    /// `offset` (rounded down to 4) change. Not a power-on value: a reset restores
+    /// what the device was built with.
+    public func setConfigBits(dword offset: Int, _ value: UInt32, mask: UInt32 = 0xFFFF_FFFF) {
+        lock.withLock {
+            let d = offset & ~3
+            config.store32((config.load32(d) & ~mask) | (value & mask), d)
         }
     }
 
@@ -167,7 +229,8 @@ public final class PCIDevice: @unchecked Sendable {
         return work.submit(generation: g, body)
     }
 
-    /// Runs what is queued and stops the work thread; later submissions are refused.
+    /// Runs what is queued and stops the work thread; later submissions are refused
+    /// (call it when the device is retired, before dropping it).
     public func stopWork() { work.stop() }
 
     /// How many resets the device has been through (a job's generation).
@@ -189,6 +252,16 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
+    /// Raises vector `vector` of `index` whatever the guest enabled: a specific MSI or
+    /// MSI-X vector, ERR or REQ, or (for INTx) asserts the line. Masking, pending bits
+    /// and delivery follow the core's rules (docs/pci-core.md); an index or vector the
+    /// device lacks is ignored.
+    public func triggerInterrupt(_ index: IRQIndex, vector: Int = 0) {
+        lock.withLock { interrupts.trigger(index, vector: vector) }
+    }
+
+    /// Lowers the INTx line that ``raiseInterrupt(vector:)`` asserted (the model's
+    /// interrupt source was acknowledged).
     public func deassertINTx() { lock.withLock { interrupts.deassertINTx() } }
 
     /// Device-initiated DMA read of client memory (EFAULT outside mappings, EPERM
@@ -196,9 +269,12 @@ public final class PCIDevice: @unchecked Sendable {
     /// from a submitted job instead: called from a region handler, DMA served by
     /// messages would hold back the reply the client waits for.
     public func dmaRead(address: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
-        try lock.withLock { () throws(VFIOErrno) in try dma.read(address: address, count: count) }
+        try lock.withLock { () throws(VFIOErrno) -> [UInt8] in try dma.read(address: address, count: count) }
     }
 
+    /// Device-initiated DMA write of client memory, dirty-logged while the client
+    /// logs (same errors as ``dmaRead(address:count:)``). Device models use
+    /// ``DeviceJob/dmaWrite(address:_:)`` from a submitted job instead.
     public func dmaWrite<C: Collection>(address: UInt64, _ data: C) throws(VFIOErrno) where C.Element == UInt8 {
         try lock.withLock { () throws(VFIOErrno) in try dma.write(address: address, data) }
     }
@@ -209,7 +285,9 @@ public final class PCIDevice: @unchecked Sendable {
         set { lock.withLock { dma.probe = newValue; interrupts.probe = newValue } }
     }
 
+    /// The Command register as the guest set it (see the `command*` bits).
     public var command: UInt16 { lock.withLock { config.load16(0x04) } }
+    /// Whether the guest allows device DMA (Bus Master Enable).
     public var busMasterEnabled: Bool { command & Self.commandBusMaster != 0 }
 
     // MARK: - The server's entry points (SPI)
@@ -219,6 +297,8 @@ public final class PCIDevice: @unchecked Sendable {
     // the server (and tools acting as one) import them with `@_spi(Server) import
     // PCICore`; a variant never sees them, so it cannot act as a client of its own device.
 
+    /// A new session for a client connection (its eventfds and DMA mappings are
+    /// dropped with ``closeSession(_:)``).
     @_spi(Server) public func openSession() -> SessionID {
         lock.withLock {
             let id = nextSession
@@ -230,7 +310,7 @@ public final class PCIDevice: @unchecked Sendable {
 
     /// The session that owns the device: its DMA address space, its interrupt wiring
     /// and its resets belong to that one client (the VMM). nil until a client claims it.
-    public var owner: SessionID? { lock.withLock { _owner } }
+    @_spi(Server) public var owner: SessionID? { lock.withLock { _owner } }
 
     /// Makes `session` the owner if nobody owns the device; EBUSY if another session
     /// does. Returns true when this call made it the owner.
@@ -262,6 +342,7 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
+    /// GET_INFO: flags, region and interrupt-index counts.
     @_spi(Server) public func deviceInfo() -> DeviceInfo {
         lock.withLock {
             var flags: DeviceInfoFlags = [.pci]
@@ -284,10 +365,12 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
+    /// GET_IRQ_INFO for `index` (EINVAL past the five vfio-pci indices).
     @_spi(Server) public func irqInfo(index: UInt32) throws(VFIOErrno) -> IRQInfo {
         try lock.withLock { () throws(VFIOErrno) in try interrupts.info(index: index) }
     }
 
+    /// SET_IRQS on behalf of `session`; consumes `fds` (docs/pci-core.md, "Interrupt delivery rules").
     @_spi(Server) public func setIRQs(_ req: SetIRQs, fds: [OwnedFD], session: SessionID) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in try interrupts.setIRQs(req, fds: fds, session: session) }
     }
@@ -304,6 +387,7 @@ public final class PCIDevice: @unchecked Sendable {
         return r
     }
 
+    /// REGION_READ: bounds, decode (Command register) and migration checks, then the region's backing.
     @_spi(Server) public func readRegion(index: UInt32, offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         try lock.withLock { () throws(VFIOErrno) in
             let r = try accessibleRegion(index, offset, count)
@@ -357,6 +441,7 @@ public final class PCIDevice: @unchecked Sendable {
         }
     }
 
+    /// REGION_WRITE, with the same checks as ``readRegion(index:offset:count:)``.
     @_spi(Server) public func writeRegion(index: UInt32, offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         try lock.withLock { () throws(VFIOErrno) in
             let r = try accessibleRegion(index, offset, data.count)
@@ -384,6 +469,40 @@ public final class PCIDevice: @unchecked Sendable {
                 guard req.flags.isEmpty else { throw .EINVAL }
                 try dma.unmap(address: req.address, size: req.size, owner: session)
             }
+        }
+    }
+
+    /// The DMA mappings, sorted by address (a copy): what clients mapped, for tests and the control plane.
+    @_spi(Server) public var dmaMappings: [DMAMapping] { lock.withLock { dma.mappings } }
+
+    // MARK: Dirty-page logging (DMA_LOGGING_START / STOP / REPORT)
+    //
+    // The log itself is the core's: the server asks for it through these calls.
+
+    /// Starts logging device writes at `pageSize` (a power of two, at least 4 KiB)
+    /// over `ranges` (empty: everything) for `session`; logging stops when that
+    /// session leaves. EBUSY while logging already runs.
+    @_spi(Server) public func startDirtyLogging(pageSize: UInt64, ranges: [DMALoggingRange], by session: SessionID? = nil) throws(VFIOErrno) {
+        try lock.withLock { () throws(VFIOErrno) in try dma.startLogging(pageSize: pageSize, ranges: ranges, by: session) }
+    }
+
+    /// Stops dirty-page logging; EINVAL if it was not running.
+    @_spi(Server) public func stopDirtyLogging() throws(VFIOErrno) {
+        try lock.withLock { () throws(VFIOErrno) in
+            guard dma.dirtyLog != nil else { throw .EINVAL }
+            dma.stopLogging()
+        }
+    }
+
+    /// Whether dirty-page logging runs.
+    @_spi(Server) public var isDirtyLogging: Bool { lock.withLock { dma.dirtyLog != nil } }
+
+    /// The dirty bitmap of [iova, iova + length) at `pageSize` (one bit per page,
+    /// dirty if the device wrote any byte of it since the last report), clearing what
+    /// it reports. EINVAL if logging is not running. `iova + length` must not pass 2^64.
+    @_spi(Server) public func reportDirtyPages(iova: UInt64, length: UInt64, pageSize: UInt64) throws(VFIOErrno) -> [UInt64] {
+        try lock.withLock { () throws(VFIOErrno) -> [UInt64] in
+            try dma.reportDirty(iova: iova, length: length, reportPageSize: pageSize)
         }
     }
 

@@ -37,18 +37,23 @@ final class ConfigRegionHandler: RegionAccessHandler, @unchecked Sendable {
     func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) { try config.write(offset: offset, data: data) }
 }
 
-/// A region handler made of closures, for small variant registers.
-public final class ClosureRegionHandler: RegionAccessHandler, @unchecked Sendable {
-    let readBody: (UInt64, Int) throws(VFIOErrno) -> [UInt8]
-    let writeBody: (UInt64, ArraySlice<UInt8>) throws(VFIOErrno) -> Void
+/// A region handler made of closures, for small variant registers. The closures
+/// run with the device lock held, on whichever connection thread serves the access.
+public final class ClosureRegionHandler: RegionAccessHandler, Sendable {
+    let readBody: @Sendable (UInt64, Int) throws(VFIOErrno) -> [UInt8]
+    let writeBody: @Sendable (UInt64, ArraySlice<UInt8>) throws(VFIOErrno) -> Void
 
-    public init(read: @escaping (UInt64, Int) throws(VFIOErrno) -> [UInt8],
-                write: @escaping (UInt64, ArraySlice<UInt8>) throws(VFIOErrno) -> Void) {
+    /// A handler whose reads return `read(offset, count)` and whose writes call
+    /// `write(offset, data)` (offsets relative to the handler's range).
+    public init(read: @escaping @Sendable (UInt64, Int) throws(VFIOErrno) -> [UInt8],
+                write: @escaping @Sendable (UInt64, ArraySlice<UInt8>) throws(VFIOErrno) -> Void) {
         readBody = read
         writeBody = write
     }
 
+    /// Calls the read closure.
     public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] { try readBody(offset, count) }
+    /// Calls the write closure.
     public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) { try writeBody(offset, data) }
 }
 
@@ -129,7 +134,7 @@ public struct Region: Sendable {
     public var mmapMemory: SharedMemory? = nil
 
     /// The memfd clients may map, if any.
-    public var mmapFD: Int32? {
+    @_spi(Server) public var mmapFD: Int32? {
         guard mmappable else { return nil }
         if let m = mmapMemory { return m.fd.rawValue }
         guard case .memory(let m) = backing else { return nil }
@@ -137,7 +142,7 @@ public struct Region: Sendable {
     }
 
     /// The capability chain GET_REGION_INFO reports.
-    public var capabilities: [RegionCapability] {
+    @_spi(Server) public var capabilities: [RegionCapability] {
         var caps: [RegionCapability] = []
         if let type { caps.append(.type(type: type.type, subtype: type.subtype)) }
         if mmappable, !sparseAreas.isEmpty { caps.append(.sparseMmap(sparseAreas)) }
@@ -145,7 +150,8 @@ public struct Region: Sendable {
         return caps
     }
 
-    public var infoFlags: RegionInfoFlags {
+    /// The flags GET_REGION_INFO reports (read, write, mmap).
+    @_spi(Server) public var infoFlags: RegionInfoFlags {
         guard size > 0 else { return [] }
         var f: RegionInfoFlags = []
         if readable { f.insert(.read) }
@@ -182,14 +188,15 @@ public struct Region: Sendable {
 /// Routes accesses within one region to the handler that owns each range; the
 /// rest goes to `fallback`. An access that spans two ranges is split.
 public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
-    public struct Entry: Sendable {
+    @_spi(Server) public struct Entry: Sendable {
         public var range: Range<UInt64>
         public var handler: any RegionAccessHandler
     }
 
     // Sorted by lower bound, never overlapping. Guarded by the device lock, which every
     // access holds, so the runtime's dynamic exclusivity check is skipped (issue #14).
-    @exclusivity(unchecked) public private(set) var entries: [Entry] = []
+    /// The ranges and their handlers, by address (the control plane's view).
+    @_spi(Server) @exclusivity(unchecked) public private(set) var entries: [Entry] = []
     public let fallback: any RegionAccessHandler
 
     public init(fallback: any RegionAccessHandler) { self.fallback = fallback }
@@ -322,7 +329,7 @@ public final class RegisterFile: RegionAccessHandler, @unchecked Sendable {
 
     /// Stores bytes ignoring the write mask: a control plane's raw poke (docs/control.md).
     /// A byte no write could change is remembered, so a reset still restores it.
-    public func storeRaw(offset: Int, _ data: [UInt8]) {
+    @_spi(Server) public func storeRaw(offset: Int, _ data: [UInt8]) {
         for (i, b) in data.enumerated() where offset + i < size {
             let at = offset + i
             if storage[size + at] == 0 { powerOn.append((offset: at, width: 1, value: UInt64(storage[at]))) }
