@@ -4,8 +4,11 @@ import PCICore
 
 /// Where the built-in doorbell model sits.
 public struct DoorbellPlacement: Sendable, Equatable {
+    /// The register-backed BAR.
     public var bar: Int
+    /// Offset of the model's registers in it.
     public var offset: UInt64
+    /// A placement.
     public init(bar: Int, offset: UInt64) {
         self.bar = bar
         self.offset = offset
@@ -15,12 +18,17 @@ public struct DoorbellPlacement: Sendable, Equatable {
 /// A device described by a JSON spec file (docs/spec-format.md): the core
 /// configuration it builds, plus the sections a variant reads for itself.
 public struct DeviceSpec: Sendable {
+    /// The spec file's path (errors name it).
     public var file: String
+    /// The device's name.
     public var name: String
+    /// A line about the device (free text).
     public var description: String
     /// A variant forced by the spec (like the kernel's driver_override).
     public var variant: String?
+    /// What the core builds: identity, BARs, interrupts, capabilities, registers.
     public var configuration: PCIDeviceConfiguration
+    /// Where the built-in doorbell model sits, if the spec places one.
     public var doorbell: DoorbellPlacement?
     /// Top-level sections that belong to variants (igd, nvlink2, ...), unparsed.
     public var sections: [String: SpecNode]
@@ -47,6 +55,7 @@ public struct DeviceSpec: Sendable {
         return try parse(bytes, file: path, sectionKeys: sectionKeys)
     }
 
+    /// Parses spec JSON; `sectionKeys` are the variants' top-level sections (others are errors).
     public static func parse(_ bytes: [UInt8], file: String, sectionKeys: Set<String> = []) throws(SpecError) -> DeviceSpec {
         let json = try JSONValue.parse(bytes, file: file)
         let root = SpecNode(file: file, path: "", value: json)
@@ -70,6 +79,7 @@ public struct DeviceSpec: Sendable {
         return try FreeSpaceDVSEC.resolve(c, at: i).0
     }
 
+    /// An error about `field` of this spec.
     public func error(_ field: String, _ reason: String) -> SpecError { SpecError(file: file, field: field, reason: reason) }
 }
 

@@ -12,6 +12,7 @@ public enum JSONValue: Sendable, Equatable, Decodable {
     case array([JSONValue])
     case object([String: JSONValue])
 
+    /// Decodes any JSON value, integers kept exact.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
         if c.decodeNil() { self = .null; return }
@@ -43,14 +44,19 @@ public enum JSONValue: Sendable, Equatable, Decodable {
 /// A spec file that cannot be used, with the file, the field (a path such as
 /// `bars[1].size`) and the reason.
 public struct SpecError: Error, CustomStringConvertible, Equatable {
+    /// The spec file.
     public var file: String
+    /// The field at fault, as a path (`bars[1].size`); empty for the whole file.
     public var field: String
+    /// Why, in words a spec author can act on.
     public var reason: String
     /// Where a syntax error is (1-based; the column counts characters), as compilers
     /// print it: `file:line:column: reason`.
     public var line: Int?
+    /// (See `line`.)
     public var column: Int?
 
+    /// An error about `field` of `file`.
     public init(file: String, field: String, reason: String, line: Int? = nil, column: Int? = nil) {
         self.file = file
         self.field = field
@@ -59,6 +65,7 @@ public struct SpecError: Error, CustomStringConvertible, Equatable {
         self.column = column
     }
 
+    /// `file:line:column: reason`, or `file: field: reason`.
     public var description: String {
         if let line, let column { return "\(file):\(line):\(column): \(reason)" }
         return field.isEmpty ? "\(file): \(reason)" : "\(file): \(field): \(reason)"
@@ -68,16 +75,21 @@ public struct SpecError: Error, CustomStringConvertible, Equatable {
 /// A cursor into a spec document that knows its path, for precise errors.
 /// Objects check their keys: an unknown key is an error, never silently ignored.
 public struct SpecNode: Sendable {
+    /// The spec file (for errors).
     public let file: String
+    /// Where this node sits (`bars[1].size`).
     public let path: String
+    /// The node's value.
     public let value: JSONValue
 
+    /// A node at `path` of `file`.
     public init(file: String, path: String, value: JSONValue) {
         self.file = file
         self.path = path
         self.value = value
     }
 
+    /// An error about this node.
     public func error(_ reason: String) -> SpecError { SpecError(file: file, field: path, reason: reason) }
 
     func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
@@ -96,16 +108,19 @@ public struct SpecNode: Sendable {
         return out
     }
 
+    /// The array's elements; fails on anything but an array.
     public func array() throws(SpecError) -> [SpecNode] {
         guard case .array(let a) = value else { throw error("must be an array, not \(value.kindName)") }
         return a.enumerated().map { SpecNode(file: file, path: "\(path)[\($0.offset)]", value: $0.element) }
     }
 
+    /// The string; fails on anything but a string.
     public func string() throws(SpecError) -> String {
         guard case .string(let s) = value else { throw error("must be a string, not \(value.kindName)") }
         return s
     }
 
+    /// The boolean; fails on anything but true or false.
     public func bool() throws(SpecError) -> Bool {
         guard case .bool(let b) = value else { throw error("must be true or false, not \(value.kindName)") }
         return b
@@ -132,6 +147,7 @@ public struct SpecNode: Sendable {
         return v
     }
 
+    /// An unsigned integer (as `unsigned`) inside `range`.
     public func int(in range: ClosedRange<Int>) throws(SpecError) -> Int {
         let v = try unsigned()
         guard v <= UInt64(Int.max), range.contains(Int(v)) else {

@@ -1,13 +1,17 @@
 /// A standard (0x40-0xFF) capability: its ID and the bytes after the ID/next pair.
 public struct PCICapability: Sendable, Equatable {
+    /// The capability ID (`powerManagementID`, `msiID`, ...).
     public var id: UInt8
     /// Where to place it; nil = the first free dword-aligned spot from 0x40.
     public var offset: Int?
     /// Bytes from cap+2 on (the ID and next pointer are written by the layout).
     public var body: [UInt8]
+    /// Per byte of `body`, the bits a client write may change (missing bytes: none).
     public var writeMask: [UInt8]
+    /// Per byte of `body`, the bits a client clears by writing 1.
     public var w1cMask: [UInt8]
 
+    /// A capability with its body and write policy; place it with `offset`, or leave that to the layout.
     public init(id: UInt8, offset: Int? = nil, body: [UInt8], writeMask: [UInt8] = [], w1cMask: [UInt8] = []) {
         self.id = id
         self.offset = offset
@@ -16,23 +20,35 @@ public struct PCICapability: Sendable, Equatable {
         self.w1cMask = w1cMask
     }
 
+    /// Bytes it covers from the ID byte on.
     public var length: Int { 2 + body.count }
 
+    /// Power Management.
     public static let powerManagementID: UInt8 = 0x01
+    /// MSI.
     public static let msiID: UInt8 = 0x05
+    /// Vendor-specific.
     public static let vendorSpecificID: UInt8 = 0x09
+    /// PCI Express.
     public static let expressID: UInt8 = 0x10
+    /// MSI-X.
     public static let msixID: UInt8 = 0x11
 }
 
 /// An extended (0x100-0xFFF) capability: ID, version and the bytes after the header dword.
 public struct PCIExtendedCapability: Sendable, Equatable {
+    /// The extended capability ID (`serialNumberID`, `pasidID`, ...).
     public var id: UInt16
+    /// The capability version (4 bits) in its header.
     public var version: UInt8
+    /// Where to place it; nil = the first free dword-aligned spot from 0x100.
     public var offset: Int?
+    /// Bytes after the header dword (the layout writes the header).
     public var body: [UInt8]
+    /// Per byte of `body`, the bits a client write may change (missing bytes: none).
     public var writeMask: [UInt8]
 
+    /// An extended capability with its body and write policy.
     public init(id: UInt16, version: UInt8 = 1, offset: Int? = nil, body: [UInt8], writeMask: [UInt8] = []) {
         self.id = id
         self.version = version
@@ -41,22 +57,31 @@ public struct PCIExtendedCapability: Sendable, Equatable {
         self.writeMask = writeMask
     }
 
+    /// Bytes it covers from the header on.
     public var length: Int { 4 + body.count }
 
+    /// Device Serial Number.
     public static let serialNumberID: UInt16 = 0x0003
+    /// Vendor-Specific Extended Capability (VSEC).
     public static let vendorSpecificID: UInt16 = 0x000B
+    /// Process Address Space ID.
     public static let pasidID: UInt16 = 0x001B
+    /// Designated Vendor-Specific Extended Capability (DVSEC).
     public static let dvsecID: UInt16 = 0x0023
 }
 
 /// Why a capability layout is impossible; names the capability and the reason.
 public struct ConfigLayoutError: Error, CustomStringConvertible, Equatable {
+    /// What is wrong: a spec field or capability name.
     public var subject: String
+    /// Why, in words a spec author can act on.
     public var reason: String
+    /// An error about `subject` for `reason`.
     public init(subject: String, reason: String) {
         self.subject = subject
         self.reason = reason
     }
+    /// "subject: reason".
     public var description: String { "\(subject): \(reason)" }
 }
 

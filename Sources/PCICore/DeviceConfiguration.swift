@@ -1,13 +1,19 @@
 /// The identity registers of a function.
 public struct PCIIdentity: Sendable, Equatable {
+    /// Vendor ID (0x00).
     public var vendor: UInt16
+    /// Device ID (0x02).
     public var device: UInt16
+    /// Subsystem Vendor ID (0x2C).
     public var subsystemVendor: UInt16
+    /// Subsystem ID (0x2E).
     public var subsystem: UInt16
+    /// Revision ID (0x08).
     public var revision: UInt8
     /// 24 bits: base class << 16 | subclass << 8 | programming interface.
     public var classCode: UInt32
 
+    /// An identity; the class defaults to 0xFF0000 (unassigned).
     public init(vendor: UInt16, device: UInt16, subsystemVendor: UInt16 = 0, subsystem: UInt16 = 0,
                 revision: UInt8 = 0, classCode: UInt32 = 0xFF0000) {
         self.vendor = vendor
@@ -21,7 +27,9 @@ public struct PCIIdentity: Sendable, Equatable {
 
 /// One Base Address Register.
 public struct BARDescriptor: Sendable, Equatable {
+    /// What the BAR decodes: 32-bit memory, 64-bit memory (two slots) or I/O.
     public enum Kind: String, Sendable, Equatable { case memory32, memory64, io }
+    /// What serves the BAR's bytes.
     public enum Backing: Sendable, Equatable {
         /// Registers served by handlers (a `RegisterFile` plus whatever the device adds).
         case registers
@@ -30,12 +38,18 @@ public struct BARDescriptor: Sendable, Equatable {
         case ram(mmap: Bool, preserveOnReset: Bool)
     }
 
+    /// BAR number, 0-5 (a 64-bit BAR also takes the next one).
     public var index: Int
+    /// Size in bytes, a power of two.
     public var size: UInt64
+    /// Memory (32/64-bit) or I/O.
     public var kind: Kind
+    /// The Prefetchable bit of a memory BAR.
     public var prefetchable: Bool
+    /// Registers or shared memory.
     public var backing: Backing
 
+    /// A BAR; register-backed 32-bit memory unless said otherwise.
     public init(index: Int, size: UInt64, kind: Kind = .memory32, prefetchable: Bool = false, backing: Backing = .registers) {
         self.index = index
         self.size = size
@@ -54,11 +68,17 @@ public struct BARDescriptor: Sendable, Equatable {
     }
 }
 
+/// The MSI capability a function offers.
 public struct MSIConfiguration: Sendable, Equatable {
+    /// 1, 2, 4, 8, 16 or 32 (Multiple Message Capable).
     public var vectors: Int
+    /// 64-bit message address.
     public var address64: Bool
+    /// Per-vector masking (Mask and Pending Bits).
     public var perVectorMask: Bool
+    /// Where to place the capability; nil = automatic.
     public var offset: Int?
+    /// MSI with `vectors` vectors.
     public init(vectors: Int, address64: Bool = true, perVectorMask: Bool = true, offset: Int? = nil) {
         self.vectors = vectors
         self.address64 = address64
@@ -67,13 +87,21 @@ public struct MSIConfiguration: Sendable, Equatable {
     }
 }
 
+/// The MSI-X capability, table and PBA a function offers.
 public struct MSIXConfiguration: Sendable, Equatable {
+    /// Table size, 1-2048.
     public var vectors: Int
+    /// The register-backed memory BAR holding the table.
     public var tableBAR: Int
+    /// Table offset in that BAR (8-byte aligned).
     public var tableOffset: UInt32
+    /// The BAR holding the Pending Bit Array.
     public var pbaBAR: Int
+    /// PBA offset in that BAR (8-byte aligned).
     public var pbaOffset: UInt32
+    /// Where to place the capability; nil = automatic.
     public var offset: Int?
+    /// MSI-X with `vectors` entries, table and PBA where given.
     public init(vectors: Int, tableBAR: Int, tableOffset: UInt32, pbaBAR: Int, pbaOffset: UInt32, offset: Int? = nil) {
         self.vectors = vectors
         self.tableBAR = tableBAR
@@ -86,11 +114,17 @@ public struct MSIXConfiguration: Sendable, Equatable {
 
 /// A register value the device starts with (in a register-backed BAR).
 public struct RegisterDefinition: Sendable, Equatable {
+    /// The register-backed BAR.
     public var bar: Int
+    /// Offset in the BAR.
     public var offset: UInt64
+    /// 1, 2, 4 or 8 bytes.
     public var width: Int
+    /// Power-on value (little-endian).
     public var value: UInt64
+    /// Bits software may change.
     public var writeMask: UInt64
+    /// A register definition.
     public init(bar: Int, offset: UInt64, width: Int, value: UInt64, writeMask: UInt64) {
         self.bar = bar
         self.offset = offset
@@ -103,28 +137,46 @@ public struct RegisterDefinition: Sendable, Equatable {
 /// Everything the core needs to build a function. Device specs (JSON) produce it;
 /// variants adjust it before the device is built.
 public struct PCIDeviceConfiguration: Sendable, Equatable {
+    /// A short name (logs, memfd names).
     public var name: String
+    /// Vendor, device, subsystem, revision, class.
     public var identity: PCIIdentity
+    /// A PCI Express function: 4 KiB config space and a PCI Express capability.
     public var express: Bool = false
+    /// What the PCI Express capability advertises.
     public var expressParameters = ExpressParameters()
+    /// Where to place the PCI Express capability; nil = automatic.
     public var expressOffset: Int?
+    /// The BARs.
     public var bars: [BARDescriptor] = []
+    /// Expansion ROM size (0 = none; else a power of two, 2 KiB-16 MiB).
     public var romSize: UInt64 = 0
+    /// The ROM image (zero-padded to `romSize`).
     public var romContents: [UInt8] = []
     /// 0 = no INTx, 1...4 = INTA...INTD.
     public var interruptPin: UInt8 = 0
+    /// MSI, if offered.
     public var msi: MSIConfiguration?
+    /// MSI-X, if offered.
     public var msix: MSIXConfiguration?
+    /// Offer the ERR index on a conventional function (Express ones always have it).
     public var errInterrupt = false
+    /// Offer the REQ index.
     public var reqInterrupt = false
+    /// Add a Power Management capability.
     public var powerManagement = false
+    /// Where to place it; nil = automatic.
     public var powerManagementOffset: Int?
+    /// Extra standard capabilities (vendor-specific, ...).
     public var capabilities: [PCICapability] = []
+    /// Extra extended capabilities (DSN, PASID, DVSEC, ...).
     public var extendedCapabilities: [PCIExtendedCapability] = []
+    /// Initial values of registers in register-backed BARs.
     public var registers: [RegisterDefinition] = []
     /// Whether DEVICE_RESET works (GET_INFO's RESET flag).
     public var resetSupported = true
 
+    /// A function with `identity` and nothing else (no BARs, no interrupts).
     public init(name: String, identity: PCIIdentity) {
         self.name = name
         self.identity = identity

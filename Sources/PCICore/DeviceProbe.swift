@@ -6,7 +6,7 @@ import VFIOUserProtocol
 ///
 /// Called with the device lock held: an implementation must not take the device
 /// lock itself from another thread while holding a lock it takes here.
-@_spi(Server) public protocol DeviceProbe: AnyObject, Sendable {
+public protocol DeviceProbe: AnyObject, Sendable {
     /// A device DMA passed the core's own checks and is about to touch client
     /// memory. Returning an errno fails it as a bus error would (nothing is read or
     /// written; the device model sees the errno).

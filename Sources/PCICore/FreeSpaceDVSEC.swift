@@ -17,6 +17,7 @@
 public enum FreeSpaceDVSEC {
     /// Our DVSEC ID for the structure (under whatever vendor ID the spec chooses).
     public static let defaultDVSECID: UInt16 = 0xF5EE
+    /// The DVSEC revision this layout is.
     public static let defaultRevision: UInt8 = 1
     /// Most ranges the 12-bit DVSEC length can describe.
     public static let maxRanges = (0xFFF - 12) / 4

@@ -8,6 +8,7 @@ import VFIOUserProtocol
 /// Guarded by the device lock.
 @_spi(Server) public final class MSIXTable: @unchecked Sendable {
     // @unchecked: every mutable field is only touched with the owning device's lock held.
+    /// Number of table entries.
     public let vectors: Int
     private(set) var entries: [UInt8]
     private(set) var pba: [UInt8]
@@ -20,11 +21,15 @@ import VFIOUserProtocol
         reset()
     }
 
+    /// Table bytes (16 per vector).
     public var tableSize: Int { entries.count }
+    /// PBA bytes (a u64 per 64 vectors).
     public var pbaSize: Int { pba.count }
 
+    /// Whether entry `v`'s Vector Control mask bit is set.
     public func isVectorMasked(_ v: Int) -> Bool { entries[v * 16 + 12] & 1 != 0 }
 
+    /// Entry `v`: message address, data and mask bit.
     public func entry(_ v: Int) -> (address: UInt64, data: UInt32, masked: Bool) {
         (entries.le64(at: v * 16), entries.le32(at: v * 16 + 8), isVectorMasked(v))
     }

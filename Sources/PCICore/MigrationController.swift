@@ -42,18 +42,26 @@ public protocol MigrationHandler: AnyObject, Sendable {
 }
 
 extension MigrationHandler {
+    /// No direct target: every byte goes through `writeStateData`.
     public func directWriteTarget(max: Int) -> UnsafeMutableRawBufferPointer? { nil }
+    /// Never called without a direct target.
     public func directWriteCommitted(_ bytes: UnsafeRawBufferPointer) throws(VFIOErrno) { throw .EINVAL }
+    /// No limit.
     public func indirectWriteLimit() -> Int? { nil }
+    /// Copies through `readStateData(into:max:)`.
     public func readStateData(max: Int, to sink: (MigrationDataPiece) -> Bool) throws(VFIOErrno) -> Int {
         var buf = [UInt8]()
         try readStateData(into: &buf, max: max)
         if buf.isEmpty { return 0 }
         return buf.withUnsafeBytes { sink(MigrationDataPiece($0)) } ? buf.count : 0
     }
+    /// What `pendingBytes` reports.
     public func stopCopySize() -> UInt64 { let p = pendingBytes(); return p.initial + p.dirty }
+    /// Nothing to drop.
     public func deviceReset() {}
+    /// Nothing to do.
     public func didEnter(_ state: MigrationState) {}
+    /// No reason recorded.
     public var failureReason: String? { nil }
 }
 

@@ -17,6 +17,7 @@ public protocol RegionAccessHandler: AnyObject, Sendable {
 }
 
 extension RegionAccessHandler {
+    /// Reads through `read(offset:count:)` and copies into `buffer`.
     public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
         let b = try read(offset: offset, count: buffer.count)
         guard b.count >= buffer.count else { throw .EIO }
@@ -60,20 +61,26 @@ public final class ClosureRegionHandler: RegionAccessHandler, Sendable {
 /// Memory shared with clients: a memfd mapped into this process. Clients get the fd
 /// through GET_REGION_INFO and mmap it, so their accesses cost no messages.
 public final class SharedMemory: Sendable {
+    /// The memfd (sent to clients that mmap the region).
     public let fd: OwnedFD
+    /// Our mapping of it.
     public let mapping: MemoryMapping
+    /// Its size in bytes.
     public var size: Int { mapping.length }
 
+    /// A zeroed, size-sealed memfd of `size` bytes, mapped read-write.
     public init(name: String, size: Int) throws(TransportError) {
         fd = try MemFD.create(name: name, size: size, sealSize: true)
         mapping = try MemoryMapping(fd: fd.rawValue, offset: 0, length: size, writable: true)
     }
 
+    /// Copies `count` bytes at `offset` out (EINVAL outside).
     public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         guard let b = mapping.read(at: offset, count: count) else { throw .EINVAL }
         return b
     }
 
+    /// Copies `data` in at `offset` (EINVAL outside).
     public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         guard mapping.write(at: offset, data) else { throw .EINVAL }
     }
@@ -95,9 +102,13 @@ public enum RegionBacking: Sendable {
 
 /// A vfio region as the client sees it (reference §3.4, §4).
 public struct Region: Sendable {
+    /// The region index (0-5 BARs, 6 ROM, 7 config, 8 VGA, 9+ device-specific).
     public var index: UInt32
+    /// Size in bytes (0: the region does not exist).
     public var size: UInt64
+    /// Clients may read it.
     public var readable: Bool
+    /// Clients may write it.
     public var writable: Bool
     /// Offer the backing memfd for mmap (only for `.memory` backing).
     public var mmappable: Bool
@@ -107,12 +118,15 @@ public struct Region: Sendable {
     public var type: (type: UInt32, subtype: UInt32)?
     /// Extra capabilities (NVLink2 SSATGT/LNKSPD, MSIX_MAPPABLE, ...).
     public var extraCapabilities: [RegionCapability]
+    /// What serves its bytes.
     public var backing: RegionBacking
     /// BARs decode only while the command register enables their space.
     public var decodeGate: DecodeGate
 
+    /// Which Command register bit must be set for accesses to succeed.
     public enum DecodeGate: Sendable { case none, memorySpace, ioSpace }
 
+    /// A region; readable and writable, not mmap-able, not gated, unless said otherwise.
     public init(index: UInt32, size: UInt64, readable: Bool = true, writable: Bool = true, mmappable: Bool = false,
                 sparseAreas: [SparseMmapArea] = [], type: (type: UInt32, subtype: UInt32)? = nil,
                 extraCapabilities: [RegionCapability] = [], backing: RegionBacking, decodeGate: DecodeGate = .none) {
@@ -188,8 +202,11 @@ public struct Region: Sendable {
 /// Routes accesses within one region to the handler that owns each range; the
 /// rest goes to `fallback`. An access that spans two ranges is split.
 public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
+    /// One range and its handler.
     @_spi(Server) public struct Entry: Sendable {
+        /// The offsets the handler serves.
         public var range: Range<UInt64>
+        /// What serves them.
         public var handler: any RegionAccessHandler
     }
 
@@ -197,8 +214,10 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
     // access holds, so the runtime's dynamic exclusivity check is skipped (issue #14).
     /// The ranges and their handlers, by address (the control plane's view).
     @_spi(Server) @exclusivity(unchecked) public private(set) var entries: [Entry] = []
+    /// What serves the bytes no range claims.
     public let fallback: any RegionAccessHandler
 
+    /// An empty mux: everything goes to `fallback`.
     public init(fallback: any RegionAccessHandler) { self.fallback = fallback }
 
     /// Adds a handler for `range`; fails if it overlaps one already there.
@@ -228,6 +247,7 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
         }
     }
 
+    /// Reads through the handlers that own the range, the fallback between them.
     public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         if entries.isEmpty { return try fallback.read(offset: offset, count: count) }
         var out = [UInt8](repeating: 0, count: count)
@@ -238,6 +258,7 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
         return out
     }
 
+    /// Reads into `buffer` through the handlers that own the range.
     public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
         if entries.isEmpty { return try fallback.read(offset: offset, into: buffer) }
         try pieces(offset: offset, count: buffer.count) { (h, o, at, n) throws(VFIOErrno) in
@@ -245,6 +266,7 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
         }
     }
 
+    /// Writes through the handlers that own the range, the fallback between them.
     public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         if entries.isEmpty { return try fallback.write(offset: offset, data: data) }
         let base = data.startIndex
@@ -261,6 +283,7 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
 /// kernel provides on first touch, so a large register BAR (IGD's and Grace's are
 /// 16 MiB, almost all of it empty) costs neither start-up time nor memory.
 public final class RegisterFile: RegionAccessHandler, @unchecked Sendable {
+    /// Bytes of register space.
     public let size: Int
     // Guarded by the device lock: [0, size) the bytes, [size, 2 size) their write masks.
     private let storage: UnsafeMutablePointer<UInt8>
@@ -270,6 +293,7 @@ public final class RegisterFile: RegionAccessHandler, @unchecked Sendable {
     /// costs what the registers cost, not the file's size.
     private var powerOn: [(offset: Int, width: Int, value: UInt64)] = []
 
+    /// `size` bytes of zeros that ignore writes until registers are defined.
     public init(size: Int) {
         self.size = size
         mapped = max(2 * size, 1)
@@ -297,17 +321,20 @@ public final class RegisterFile: RegionAccessHandler, @unchecked Sendable {
         if changeable { powerOn.append((offset, width, value)) }
     }
 
+    /// The stored bytes (EINVAL outside the file).
     public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         guard offset <= UInt64(size), count >= 0, count <= size - Int(offset) else { throw .EINVAL }
         return Array(UnsafeBufferPointer(start: storage + Int(offset), count: count))
     }
 
+    /// Copies the stored bytes into `buffer` (EINVAL outside the file).
     public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(VFIOErrno) {
         guard offset <= UInt64(size), buffer.count <= size - Int(offset) else { throw .EINVAL }
         if buffer.isEmpty { return }
         buffer.baseAddress!.copyMemory(from: storage + Int(offset), byteCount: buffer.count)
     }
 
+    /// Changes each byte where its write mask allows (EINVAL outside the file).
     public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         guard offset <= UInt64(size), data.count <= size - Int(offset) else { throw .EINVAL }
         let o = Int(offset)
@@ -319,6 +346,7 @@ public final class RegisterFile: RegionAccessHandler, @unchecked Sendable {
         }
     }
 
+    /// Restores every defined register's power-on value.
     public func reset() {
         for r in powerOn {
             for i in 0..<r.width where r.offset + i < size {

@@ -93,19 +93,28 @@ extension PCICapability {
 
 /// What the PCI Express capability advertises.
 public struct ExpressParameters: Sendable, Equatable {
+    /// DevCap Function Level Reset Capable (writing Initiate FLR resets).
     public var functionLevelReset = true
     /// 1 = 2.5 GT/s ... 5 = 32 GT/s.
     public var linkSpeed = 3
+    /// Negotiated/maximum link width (lanes).
     public var linkWidth = 8
+    /// DevCap Max_Payload_Size Supported (0 = 128 bytes, 1 = 256, ...).
     public var maxPayloadSizeSupported = 1
+    /// DevCap2 32-bit AtomicOp Completer.
     public var atomicCompleter32 = false
+    /// DevCap2 64-bit AtomicOp Completer.
     public var atomicCompleter64 = false
+    /// DevCap2 128-bit CAS Completer.
     public var atomicCompleter128 = false
+    /// DevCap2 AtomicOp Routing.
     public var atomicRouting = false
+    /// Gen3 x8, FLR, 256-byte payload, no AtomicOps.
     public init() {}
 }
 
 extension PCIExtendedCapability {
+    /// Device Serial Number with `serial`.
     public static func serialNumber(_ serial: UInt64, offset: Int? = nil) -> PCIExtendedCapability {
         var body = [UInt8](repeating: 0, count: 8)
         body.setLE64(serial, at: 0)

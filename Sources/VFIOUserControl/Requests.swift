@@ -61,7 +61,9 @@ extension ControlledDevice {
             regions.append(RegionSummary(region: RegionRef(UInt32(i)), size: Num(reg.size), backing: backing))
         }
         var irqs: [String: Int] = [:]
-        for (k, n) in ["intx", "msi", "msix", "err", "req"].enumerated() { irqs[n] = device.interrupts.indices[k].count }
+        device.lock.withLock {
+            for (k, n) in ["intx", "msi", "msix", "err", "req"].enumerated() { irqs[n] = device.interrupts.indices[k].count }
+        }
         let held = withState { $0.workHeld }
         return DeviceSummary(name: name, vendor: Num(UInt64(device.configuration.identity.vendor)),
                              deviceID: Num(UInt64(device.configuration.identity.device)), regions: regions, irqs: irqs,
@@ -170,7 +172,7 @@ extension ControlledDevice {
         let vector = q.vector ?? 0
         if q.deassert == true {
             guard index == .intx else { throw Refusal("bad-request", "only INTx is a level; \(index) is an edge") }
-            guard device.interrupts.indices[0].count > 0 else { throw Refusal("not-enabled", "the device has no INTx") }
+            guard device.lock.withLock({ device.interrupts.indices[0].count }) > 0 else { throw Refusal("not-enabled", "the device has no INTx") }
             device.deassertINTx()
             return false
         }

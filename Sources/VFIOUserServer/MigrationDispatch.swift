@@ -103,16 +103,14 @@ enum MigrationDispatch {
                 guard r.length > 0, r.iova <= UInt64.max - r.length else { return .error(.EINVAL) }
                 if i > 0 && sorted[i - 1].iova + sorted[i - 1].length > r.iova { return .error(.EINVAL) }
             }
-            try device.lock.withLock { () throws(VFIOErrno) in try device.dma.startLogging(pageSize: chosen, ranges: start.ranges) }
+            try device.startDirtyLogging(pageSize: chosen, ranges: start.ranges)
             start.pageSize = chosen
             return .reply(DeviceFeature(argsz: req.argsz, flags: req.flags, data: start.encoded).encoded)
 
         case DeviceFeature.dmaLoggingStop:
             guard supported(get: false, set: true) else { return .error(.EINVAL) }
             if probe { return probeReply() }
-            let running = device.lock.withLock { device.dma.dirtyLog != nil }
-            guard running else { return .error(.EINVAL) }
-            device.lock.withLock { device.dma.stopLogging() }
+            try device.stopDirtyLogging()
             return .reply(msg.payload.map { $0 })
 
         case DeviceFeature.dmaLoggingReport:
@@ -125,12 +123,7 @@ enum MigrationDispatch {
             // A bitmap no message can carry is E2BIG, whatever argsz says.
             guard 8 + DMALoggingReport.fixedSize + 8 * words <= c.options.maxDataXferSize else { return .error(.E2BIG) }
             guard Int(req.argsz) >= 8 + DMALoggingReport.fixedSize + 8 * words else { return .error(.EINVAL) }
-            let bitmap: [UInt64] = try device.lock.withLock { () throws(VFIOErrno) -> [UInt64] in
-                guard var log = device.dma.dirtyLog else { throw .EINVAL }
-                let b = log.report(iova: r.iova, length: r.length, reportPageSize: r.pageSize)
-                device.dma.setDirtyLog(log)
-                return b
-            }
+            let bitmap = try device.reportDirtyPages(iova: r.iova, length: r.length, pageSize: r.pageSize)
             let out = DMALoggingReport(iova: r.iova, length: r.length, pageSize: r.pageSize, bitmap: bitmap)
             let data = out.encoded
             return .reply(DeviceFeature(argsz: UInt32(8 + data.count), flags: req.flags, data: data).encoded)

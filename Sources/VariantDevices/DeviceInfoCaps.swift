@@ -14,6 +14,7 @@ import VFIOUserProtocol
 ///   completer widths of `express.atomicOps`. By default it is present exactly when
 ///   `express.atomicOps` declares a completer width, as the kernel reports it.
 public enum DeviceInfoCaps {
+    /// The spec sections read here (any driver may offer them).
     public static let sectionKeys: Set<String> = ["zpci", "deviceInfo"]
 
     /// COMP32, COMP64, COMP128 (`VFIO_DEVICE_INFO_CAP_PCI_ATOMIC_COMP` flags).
@@ -84,8 +85,9 @@ public enum DeviceInfoCaps {
         return caps
     }
 
-    /// `CLP_UTIL_STR_LEN` and `CLP_PFIP_NR_SEGMENTS`.
+    /// `CLP_UTIL_STR_LEN`: bytes of the utility string.
     public static let utilLength = 64
+    /// `CLP_PFIP_NR_SEGMENTS`: PFIP bytes.
     public static let pfipLength = 4
 
     /// ASCII text in EBCDIC (code page 037), space-padded to `length`.

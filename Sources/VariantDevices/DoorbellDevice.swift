@@ -8,47 +8,58 @@ import VFIOUserProtocol
 /// 0x00 MAGIC, 0x04 VERSION, 0x08 SCRATCH, 0x0C COMPLETIONS, 0x10/0x14 DMA address,
 /// 0x18 DMA_LEN, 0x1C PATTERN, 0x20 DOORBELL (1 fill, 2 checksum, 3 interrupt),
 /// 0x24 IRQ_VECTOR, 0x28 RESULT, 0x2C ERROR, 0x30 IRQ_COUNT, 0x34 IRQ_ACK.
-public final class DoorbellDevice: RegionAccessHandler, @unchecked Sendable {
+public final class DoorbellDevice: RegionAccessHandler, Sendable {
+    /// Bytes of register space the model claims.
     public static let size: UInt64 = 0x40
+    /// MAGIC: "VFUD".
     public static let magic: UInt32 = 0x4455_4656
+    /// VERSION: 1.0.
     public static let version: UInt32 = 0x0001_0000
+    /// Longest FILL or CHECKSUM transfer (E2BIG above).
     public static let maxTransfer: UInt32 = 1 << 20
 
+    /// Register offsets from the model's base.
     public enum Register: UInt64 {
         case magic = 0x00, version = 0x04, scratch = 0x08, completions = 0x0C
         case dmaAddressLow = 0x10, dmaAddressHigh = 0x14, dmaLength = 0x18, pattern = 0x1C
         case doorbell = 0x20, irqVector = 0x24, result = 0x28, error = 0x2C, irqCount = 0x30, irqAck = 0x34
     }
 
+    /// What a DOORBELL write asks for: fill memory, checksum memory, or just interrupt.
     public enum Command: UInt32, Sendable { case fill = 1, checksum = 2, interrupt = 3 }
 
     unowned let device: PCIDevice
-    // Guarded by the device lock (handlers run under it).
-    private var regs = [UInt32](repeating: 0, count: Int(size / 4))
+    /// The registers, guarded by the device lock (handlers, reset hooks and jobs'
+    /// `withDevice` hold it).
+    private let regs: DeviceGuarded<[UInt32]>
 
+    /// Builds the model on `device` (map it with ``PCIDevice/mapRegisters(bar:range:handler:)``).
     public init(device: PCIDevice) {
         self.device = device
-        resetRegisters()
-        device.onReset { [weak self] _ in self?.resetRegisters() }
+        regs = DeviceGuarded(Self.powerOnRegisters, lock: device.lock)
+        device.onReset { [weak self] _ in self?.regs.value = Self.powerOnRegisters }
     }
 
-    private func resetRegisters() {
-        regs = [UInt32](repeating: 0, count: Int(Self.size / 4))
-        regs[0] = Self.magic
-        regs[1] = Self.version
+    private static var powerOnRegisters: [UInt32] {
+        var r = [UInt32](repeating: 0, count: Int(size / 4))
+        r[0] = magic
+        r[1] = version
+        return r
     }
 
-    private func reg(_ r: Register) -> UInt32 { regs[Int(r.rawValue / 4)] }
-    private func set(_ r: Register, _ v: UInt32) { regs[Int(r.rawValue / 4)] = v }
+    private func reg(_ r: Register) -> UInt32 { regs.value[Int(r.rawValue / 4)] }
+    private func set(_ r: Register, _ v: UInt32) { regs.value[Int(r.rawValue / 4)] = v }
 
+    /// Reads the registers (DOORBELL and IRQ_ACK read 0).
     public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: Int(Self.size))
-        for (i, v) in regs.enumerated() where i != Int(Register.doorbell.rawValue / 4) && i != Int(Register.irqAck.rawValue / 4) {
+        for (i, v) in regs.value.enumerated() where i != Int(Register.doorbell.rawValue / 4) && i != Int(Register.irqAck.rawValue / 4) {
             bytes.setLE32(v, at: i * 4)
         }
         return Array(bytes[Int(offset)..<(Int(offset) + count)])
     }
 
+    /// Writes registers; a DOORBELL write starts a command as a device job.
     public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         // Merge partial writes into the dwords they touch, then act per dword.
         var pos = Int(offset)
@@ -56,7 +67,7 @@ public final class DoorbellDevice: RegionAccessHandler, @unchecked Sendable {
         while pos < Int(offset) + data.count {
             let d = pos & ~3
             var bytes = [UInt8](repeating: 0, count: 4)
-            bytes.setLE32(regs[d / 4], at: 0)
+            bytes.setLE32(regs.value[d / 4], at: 0)
             while pos < d + 4 && pos < Int(offset) + data.count, let b = it.next() {
                 bytes[pos - d] = b
                 pos += 1

@@ -4,14 +4,20 @@ import PCICore
 /// The plain core device: everything the spec's core sections describe, plus the
 /// built-in doorbell model when the spec places one.
 public struct GenericDriver: VariantDriver {
+    /// The generic driver (it has no state).
     public init() {}
+    /// "generic".
     public var name: String { "generic" }
+    /// One line for `vfu variants`.
     public var summary: String { "the core PCI function described by the spec (registers, RAM BARs, doorbell model)" }
+    /// Matches every device: the fallback.
     public var idTable: [PCIMatch] { [PCIMatch()] }
     /// Device-info capabilities (zPCI, AtomicOps) are core vfio-pci behaviour: any spec may ask.
     public var sectionKeys: Set<String> { DeviceInfoCaps.sectionKeys }
+    /// Accepts every spec.
     public func probe(_ spec: DeviceSpec) -> ProbeResult { .accept }
 
+    /// The core device, its doorbell model and device-info capabilities.
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
         let device = try spec.buildCoreDevice()
         try Self.attachDoorbell(spec, to: device)

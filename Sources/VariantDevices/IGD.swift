@@ -18,22 +18,35 @@ import VFIOUserProtocol
 /// Config dword 0xFC (ASLS) reads the OpRegion's address and is a virtual scratch
 /// register; optional GMCH (0x50) and BDSM (0x5C) are read-only.
 public struct IGDDriver: VariantDriver {
+    /// The IGD driver (it has no state).
     public init() {}
+    /// "igd".
     public var name: String { "igd" }
+    /// One line for `vfu variants`.
     public var summary: String { "Intel integrated graphics: OpRegion, host/LPC bridge config regions, ASLS (config 0xFC)" }
+    /// Intel display controllers (class 0x03).
     public var idTable: [PCIMatch] { [PCIMatch(vendor: 0x8086, classCode: 0x03_0000, classMask: 0xFF_0000)] }
+    /// Reads the `igd` section.
     public var sectionKeys: Set<String> { ["igd"] }
 
+    /// `VFIO_REGION_TYPE_PCI_VENDOR_TYPE | PCI_VENDOR_ID_INTEL`.
     public static let regionType: UInt32 = 0x8000_0000 | 0x8086
+    /// The OpRegion region's subtype.
     public static let opRegionSubtype: UInt32 = 1
+    /// The host bridge config region's subtype.
     public static let hostConfigSubtype: UInt32 = 2
+    /// The LPC bridge config region's subtype.
     public static let lpcConfigSubtype: UInt32 = 3
+    /// ASLS: the OpRegion's host address (config 0xFC).
     public static let aslsOffset = 0xFC
+    /// GMCH Graphics Control (config 0x50).
     public static let gmchOffset = 0x50
+    /// BDSM Base of Data Stolen Memory (config 0x5C).
     public static let bdsmOffset = 0x5C
 
     static let keys: Set<String> = ["asls", "opRegion", "hostBridge", "lpcBridge", "gmch", "bdsm"]
 
+    /// Declines without an `igd` section, an OpRegion or a usable ASLS, as the kernel would.
     public func probe(_ spec: DeviceSpec) -> ProbeResult {
         guard let n = spec.sections["igd"] else {
             return .decline("the spec has no 'igd' section: an IGD needs an OpRegion (igd.opRegion) and its address (igd.asls)")
@@ -49,6 +62,7 @@ public struct IGDDriver: VariantDriver {
         return .accept
     }
 
+    /// The core device plus the OpRegion, bridge regions and ASLS/GMCH/BDSM registers.
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
         guard let n = spec.sections["igd"] else { throw spec.error("igd", "missing") }
         let o = try n.object(allowed: Self.keys)
@@ -69,7 +83,7 @@ public struct IGDDriver: VariantDriver {
         if let g = o["gmch"] { registers.append(("gmch", Self.gmchOffset, UInt32(try g.unsigned(max: 0xFFFF)), 0)) }
         if let b = o["bdsm"] { registers.append(("bdsm", Self.bdsmOffset, UInt32(try b.unsigned(max: 0xFFFF_FFFF)), 0)) }
         for (key, offset, value, writeMask) in registers {
-            if let id = ConfigFootprint.clash(device, offset..<(offset + 4)) {
+            if let id = device.placedCapabilities.standardCapability(overlapping: offset..<(offset + 4)) {
                 throw (o[key] ?? n).error("config 0x\(String(offset, radix: 16)) lies inside capability 0x\(String(id, radix: 16)); move the capability (give it an offset)")
             }
             // ASLS is a virtual scratch register (the kernel's PCI_CAP_ID_INVALID_VIRT);

@@ -20,14 +20,21 @@ import VFIOUserTransport
 /// 0x100 | errno). Ops: 1 HASH (XXH64 of len bytes at src, seeded with cookie →
 /// 16 bytes {cookie, hash} at dst), 2 STORE (len bytes at src → RAM BAR at dst),
 /// 3 LOAD (RAM BAR at src → len bytes at dst).
-public final class MigratableVF: RegionAccessHandler, MigrationHandler, MigrationStreamConsumer, @unchecked Sendable {
+public final class MigratableVF: RegionAccessHandler, MigrationHandler, MigrationStreamConsumer, Sendable {
+    /// Bytes of register space the model claims.
     public static let registerBlockSize: UInt64 = 0x100
+    /// MAGIC: "MVF1".
     public static let magic: UInt32 = 0x3146_564D
+    /// VERSION: 1.0.
     public static let version: UInt32 = 0x0001_0000
+    /// Largest RAM BAR.
     public static let maxRAM: UInt64 = 1 << 30
+    /// Bytes per ring descriptor.
     public static let descriptorSize = 32
+    /// Longest transfer one descriptor may ask for (E2BIG above).
     public static let maxTransfer = 1 << 20
 
+    /// Register offsets from `registersOffset`.
     public enum Register: Int {
         case magic = 0x00, version = 0x04, control = 0x08, status = 0x0C, ringLow = 0x10, ringHigh = 0x14
         case ringSize = 0x18, ringTail = 0x1C, ringHead = 0x20, irqVector = 0x24, completions = 0x28
@@ -35,36 +42,58 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         case digestLow = 0x44, digestHigh = 0x48
     }
 
+    /// Descriptor operations.
     public enum Op: UInt32 { case hash = 1, store = 2, load = 3 }
+    /// CONTROL bit 0: the engine takes descriptors.
     public static let controlEnable: UInt32 = 1
+    /// CONTROL bit 1: interrupt after a batch.
     public static let controlIRQ: UInt32 = 2
 
     unowned let device: PCIDevice
+    /// What the spec's `migration` section said.
     public let options: MigratableVFOptions
+    /// The device kind named in the stream (a destination must be the same kind).
     public let kind: String
+    /// The RAM BAR's memory.
     public let ram: SharedMemory
+    /// The stream's dirty-tracking page size.
     public let pageSize = 4096
     var pageCount: Int { ram.size / pageSize }
 
-    // Everything below is guarded by the device lock.
-    private var regs = [UInt32](repeating: 0, count: Int(registerBlockSize / 4))
-    /// Bumped whenever the device stops running or resets: an engine step that waited
-    /// for the client (message DMA releases the lock) and sees a new epoch abandons
-    /// its descriptor without changing any state.
-    var epoch: UInt64 = 0
-    private var save: SaveSession?
-    private var loader: MigrationStreamLoader?
-    private var stagedCore: [UInt8]?
-    private var stagedDevice: [UInt8]?
-    private var failure: String?
-    /// A look at the ring is queued as a device job (coalesces kicks).
-    var lookQueued = false
-    /// Set by `stopEngine`: no more looks are queued.
-    var engineStopped = false
+    /// What the model changes, guarded by the device lock (handlers, hooks, the
+    /// migration handler and jobs' `withDevice` hold it).
+    struct State {
+        var regs = [UInt32](repeating: 0, count: Int(registerBlockSize / 4))
+        /// Bumped whenever the device stops running or resets: an engine step that waited
+        /// for the client (message DMA releases the lock) and sees a new epoch abandons
+        /// its descriptor without changing any state.
+        var epoch: UInt64 = 0
+        var save: SaveSession?
+        var loader: MigrationStreamLoader?
+        var stagedCore: [UInt8]?
+        var stagedDevice: [UInt8]?
+        var failure: String?
+        /// A look at the ring is queued as a device job (coalesces kicks).
+        var lookQueued = false
+        /// Set by `stopEngine`: no more looks are queued.
+        var engineStopped = false
+    }
+    let state: DeviceGuarded<State>
+
+    // Shorthands for the guarded fields (each checks the lock is held, in debug builds).
+    private var regs: [UInt32] { _read { yield state.value.regs } _modify { yield &state.value.regs } }
+    var epoch: UInt64 { _read { yield state.value.epoch } _modify { yield &state.value.epoch } }
+    private var save: SaveSession? { _read { yield state.value.save } _modify { yield &state.value.save } }
+    private var loader: MigrationStreamLoader? { _read { yield state.value.loader } _modify { yield &state.value.loader } }
+    private var stagedCore: [UInt8]? { _read { yield state.value.stagedCore } _modify { yield &state.value.stagedCore } }
+    private var stagedDevice: [UInt8]? { _read { yield state.value.stagedDevice } _modify { yield &state.value.stagedDevice } }
+    private var failure: String? { _read { yield state.value.failure } _modify { yield &state.value.failure } }
+    var lookQueued: Bool { _read { yield state.value.lookQueued } _modify { yield &state.value.lookQueued } }
+    var engineStopped: Bool { _read { yield state.value.engineStopped } _modify { yield &state.value.engineStopped } }
 
     /// Builds the model on `device` and attaches its migration controller.
     public static func attach(to device: PCIDevice, options: MigratableVFOptions, kind: String = "migratable-vf") throws(SpecError) -> MigratableVF {
-        guard let ram = device.barMemory[options.ramBAR] else {
+        guard let ram = device.memory(ofBAR: options.ramBAR) else {
             throw SpecError(file: device.configuration.name, field: "migration.ramBar", reason: "BAR\(options.ramBAR) has no RAM")
         }
         let model = MigratableVF(device: device, options: options, kind: kind, ram: ram)
@@ -85,6 +114,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         self.options = options
         self.kind = kind
         self.ram = ram
+        state = DeviceGuarded(State(), lock: device.lock)
         resetRegisters()
     }
 
@@ -107,6 +137,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
 
     /// A copy of the registers (tests compare source and destination).
     public var registers: [UInt32] { device.lock.withLock { regs } }
+    /// Register `r` (tests).
     public func register(_ r: Register) -> UInt32 { device.lock.withLock { reg(r) } }
 
     /// XXH3 of the whole RAM BAR.
@@ -116,12 +147,14 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
 
     // MARK: Registers
 
+    /// Reads the register block.
     public func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: Int(Self.registerBlockSize))
         for (i, v) in regs.enumerated() { bytes.setLE32(v, at: i * 4) }
         return Array(bytes[Int(offset)..<(Int(offset) + count)])
     }
 
+    /// Writes writable registers; a RING_TAIL or CONTROL write kicks the engine. EBUSY while the state is being read out or replaced.
     public func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno) {
         // The state is being read out or replaced: a write now would be lost or
         // clobbered, so it is refused (config space and MSI-X stay accessible).
@@ -145,8 +178,10 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
 
     // MARK: MigrationHandler
 
+    /// Why the last arc failed.
     public var failureReason: String? { failure }
 
+    /// Starts, finishes or drops save and load sessions as the arc requires.
     public func transition(from: MigrationState, to: MigrationState) throws(VFIOErrno) {
         failure = nil
         let wasRunning = from == .running || from == .preCopy
@@ -182,15 +217,14 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         }
     }
 
+    /// Back in RUNNING or PRE_COPY: the engine looks at the ring again.
     public func didEnter(_ state: MigrationState) {
-        // Interrupts that became pending while stopped (a client unmask, say) go out now.
-        if state == .running || state == .preCopy {
-            device.interrupts.reevaluate()
-            // Descriptors posted while stopped (or carried in a loaded state) run now.
-            kick()
-        }
+        // Descriptors posted while stopped (or carried in a loaded state) run now. (The
+        // core has already delivered interrupts that became pending while stopped.)
+        if state == .running || state == .preCopy { kick() }
     }
 
+    /// Drops any save or load session.
     public func deviceReset() {
         save = nil
         loader = nil
@@ -199,40 +233,49 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         failure = nil
     }
 
+    /// Copies the next stream bytes out.
     public func readStateData(into out: inout [UInt8], max: Int) throws(VFIOErrno) {
         guard let save else { throw .EINVAL }
         save.read(into: &out, max: max)
     }
 
+    /// Hands the next stream bytes out in pieces (RAM pages by reference).
     public func readStateData(max: Int, to sink: (MigrationDataPiece) -> Bool) throws(VFIOErrno) -> Int {
         guard let save else { throw .EINVAL }
         return save.produce(max: max, sink)
     }
 
+    /// Feeds incoming stream bytes to the loader.
     public func writeStateData(_ data: ArraySlice<UInt8>) throws(VFIOErrno) {
         guard let loader else { throw .EINVAL }
         loader.write(data)
     }
 
+    /// Where the loader wants the next RAM bytes read straight in.
     public func directWriteTarget(max: Int) -> UnsafeMutableRawBufferPointer? { loader?.directTarget(max: max) }
 
+    /// The loader's limit for bytes through `writeStateData`.
     public func indirectWriteLimit() -> Int? { loader?.indirectReadLimit }
 
+    /// Bytes were read into the last direct target.
     public func directWriteCommitted(_ bytes: UnsafeRawBufferPointer) throws(VFIOErrno) {
         guard let loader else { throw .EINVAL }
         loader.commitDirect(bytes)
     }
 
+    /// RAM bytes [offset, offset + length) for the loader, or nil outside the BAR.
     public func ramBuffer(offset: UInt64, length: Int) -> UnsafeMutableRawBufferPointer? {
         guard length >= 0, offset <= UInt64(ram.size), UInt64(length) <= UInt64(ram.size) - offset else { return nil }
         return UnsafeMutableRawBufferPointer(start: ram.mapping.base + Int(offset), count: length)
     }
 
+    /// The save session's initial and dirty bytes (PRE_COPY info).
     public func pendingBytes() -> (initial: UInt64, dirty: UInt64) {
         guard let save else { return (0, 0) }
         return save.pending(rescan: true)
     }
 
+    /// The STOP_COPY stream length, estimated.
     public func stopCopySize() -> UInt64 {
         let stateBytes = UInt64(device.saveCoreState().count + 4 * regs.count + 512)
         guard let save else { return UInt64(ram.size) + UInt64(pageCount / 256 + 1) * 40 + stateBytes }
@@ -263,6 +306,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         return w.bytes
     }
 
+    /// Checks a stream's BEGIN record against this device (kind, identity, RAM layout).
     public func begin(_ payload: [UInt8]) -> MigrationStreamError? {
         var r = WireReader(payload)
         guard let major = try? r.u16(), let minor = try? r.u16() else { return MigrationStreamError(.EBADMSG, "BEGIN record too short") }
@@ -284,10 +328,12 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         return nil
     }
 
+    /// Whether a RAM record fits the BAR.
     public func ramRangeValid(offset: UInt64, length: UInt64) -> Bool {
         offset <= UInt64(ram.size) && length <= UInt64(ram.size) - offset
     }
 
+    /// Stores a RAM record.
     public func ram(offset: UInt64, _ bytes: UnsafeRawBufferPointer) -> MigrationStreamError? {
         guard ram.mapping.write(at: offset, from: bytes) else {
             return MigrationStreamError(.EBADMSG, "RAM data outside the device's RAM")
@@ -295,6 +341,7 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
         return nil
     }
 
+    /// Stages the core and device state records (applied when loading ends).
     public func record(_ tag: MigrationRecord.Tag, _ payload: [UInt8]) -> MigrationStreamError? {
         switch tag {
         case .core:

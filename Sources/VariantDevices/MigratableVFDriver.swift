@@ -6,12 +6,17 @@ import VFIOUserProtocol
 /// `migratable-vf`: an mlx5-style VF whose state keeps changing while it runs, and
 /// which migrates (VFIO migration v2 with PRE_COPY and P2P; docs/migration.md).
 public struct MigratableVFDriver: VariantDriver {
+    /// The migratable VF driver (it has no state).
     public init() {}
+    /// "migratable-vf".
     public var name: String { "migratable-vf" }
+    /// One line for `vfu variants`.
     public var summary: String {
         "mlx5-style migratable VF: a descriptor ring processed by DMA, counters, a RAM BAR; migration v2 with PRE_COPY, P2P and dirty logging"
     }
+    /// A ConnectX-style VF ID (example only).
     public var idTable: [PCIMatch] { [PCIMatch(vendor: 0x15B3, device: 0x101E)] }
+    /// Reads the `migration` section.
     public var sectionKeys: Set<String> { ["migration"] }
 
     /// The smallest spec for this variant: a 1 MiB register BAR 0, a RAM BAR 2 of
@@ -29,11 +34,13 @@ public struct MigratableVFDriver: VariantDriver {
         """
     }
 
+    /// Declines a spec whose `migration` section does not parse or fit the BARs.
     public func probe(_ spec: DeviceSpec) -> ProbeResult {
         do { _ = try MigratableVFOptions.parse(spec) } catch { return .decline("\(error.field): \(error.reason)") }
         return .accept
     }
 
+    /// The core device, the model and its migration controller.
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
         let options = try MigratableVFOptions.parse(spec)
         let device = try spec.buildCoreDevice()

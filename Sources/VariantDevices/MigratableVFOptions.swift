@@ -6,10 +6,13 @@ import PCICore
 public struct MigratableVFOptions: Sendable, Equatable {
     /// The register-backed BAR holding the 256-byte register block, and where.
     public var registersBAR = 0
+    /// Offset of the register block in that BAR.
     public var registersOffset: UInt64 = 0
     /// The RAM-backed BAR that is the device's memory (up to 1 GiB).
     public var ramBAR = 2
+    /// Offer PRE_COPY.
     public var preCopy = true
+    /// Offer RUNNING_P2P.
     public var p2p = true
     /// false: the device offers no migration at all (features answer EINVAL).
     public var enabled = true
@@ -19,6 +22,7 @@ public struct MigratableVFOptions: Sendable, Equatable {
     /// Descriptors processed per look.
     public var batch = 32
 
+    /// The defaults: registers at BAR0+0, RAM in BAR2, every state offered.
     public init() {}
 
     static let keys: Set<String> = ["registersBar", "registersOffset", "ramBar", "preCopy", "p2p", "enabled",

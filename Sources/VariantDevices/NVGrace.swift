@@ -21,27 +21,42 @@ import VFIOUserProtocol
 ///   and dropped writes above; the Command register's Memory bit is not checked.
 /// - Reset clears the emulated BAR registers (0x18-0x27).
 public struct NVGraceDriver: VariantDriver {
+    /// The nvgrace driver (it has no state).
     public init() {}
+    /// "nvgrace".
     public var name: String { "nvgrace" }
+    /// One line for `vfu variants`.
     public var summary: String { "NVIDIA Grace Hopper/Blackwell GPU: device memory as emulated BARs (usemem BAR4, resmem BAR2)" }
+    /// The kernel's nvgrace-gpu ID table.
     public var idTable: [PCIMatch] { [0x2342, 0x2345, 0x2348, 0x2941, 0x31C2].map { PCIMatch(vendor: 0x10DE, device: $0) } }
+    /// Reads the `nvgrace` section.
     public var sectionKeys: Set<String> { ["nvgrace"] }
 
+    /// Resmem set aside with the MIG hardware bug: the last 1 GiB.
     public static let resmemSize: UInt64 = 1 << 30
     /// `MEMBLK_SIZE`: usemem is a multiple of it (an ABI with the GPU firmware).
     public static let memblockSize: UInt64 = 512 << 20
+    /// BAR0 registers that read 0xFF once the GPU is ready.
     public static let readinessRegisters: [UInt64] = [0x1498, 0x200BC]
+    /// The BAR pair that shows usemem.
     public static let usememBAR = 4
+    /// The BAR pair that shows resmem.
     public static let resmemBAR = 2
 
     /// How device memory splits into the fake BARs.
     public struct Layout: Sendable, Equatable {
+        /// Whether the MIG hardware bug applies (resmem exists).
         public var hasMigHardwareBug: Bool
+        /// Bytes of usemem (a multiple of `memblockSize` with the bug).
         public var usememLength: UInt64
+        /// Bytes of resmem (0 without the bug).
         public var resmemLength: UInt64
+        /// The usemem BAR's size: the power of two at or above its memory.
         public var usememBARSize: UInt64 { Self.roundUpPowerOfTwo(usememLength) }
+        /// The resmem BAR's size (0 without resmem).
         public var resmemBARSize: UInt64 { resmemLength == 0 ? 0 : Self.roundUpPowerOfTwo(resmemLength) }
 
+        /// The split of `memSize` bytes, as the kernel computes it.
         public init(memSize: UInt64, hasMigHardwareBug: Bool) {
             self.hasMigHardwareBug = hasMigHardwareBug
             if hasMigHardwareBug, memSize > NVGraceDriver.resmemSize {
@@ -64,6 +79,7 @@ public struct NVGraceDriver: VariantDriver {
         return true
     }
 
+    /// Declines without the ACPI properties, with C2C down, or before the GPU is ready.
     public func probe(_ spec: DeviceSpec) -> ProbeResult {
         guard let n = spec.sections["nvgrace"] else {
             return .decline("no 'nvgrace' section: the ACPI properties nvidia,gpu-mem-base-pa/-size are absent")
@@ -78,6 +94,7 @@ public struct NVGraceDriver: VariantDriver {
         return .accept
     }
 
+    /// The core device with the fake BARs served from device memory.
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
         guard let n = spec.sections["nvgrace"] else { throw spec.error("nvgrace", "missing") }
         let o = try n.object(allowed: ["memBase", "memSize"])
@@ -119,7 +136,7 @@ public struct NVGraceDriver: VariantDriver {
         // The kernel zeroes bar_val on VFIO_DEVICE_RESET; the core's config reset
         // already restores the BAR registers, this states the variant's rule.
         device.onReset { [unowned device] _ in
-            for bar in fake { device.config.store32(0, 0x10 + 4 * bar); device.config.store32(0, 0x14 + 4 * bar) }
+            for bar in fake { device.setConfigBits(dword: 0x10 + 4 * bar, 0); device.setConfigBits(dword: 0x14 + 4 * bar, 0) }
         }
         try DeviceInfoCaps.apply(spec, to: device)
         return device

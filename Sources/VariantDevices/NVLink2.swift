@@ -12,20 +12,29 @@ import VFIOUserProtocol
 /// memory a client mmaps (one sparse area); the rest reads 0xFF. Capability
 /// NVLINK2_SSATGT carries `tgt` (`ibm,device-tgt-addr`).
 public struct NVLink2GPUDriver: VariantDriver {
+    /// The NVLink2 GPU driver (it has no state).
     public init() {}
+    /// "nvlink2-gpu".
     public var name: String { "nvlink2-gpu" }
+    /// One line for `vfu variants`.
     public var summary: String { "POWER9 NVLink2 V100 GPU: GPU RAM region (mmap, SSATGT)" }
+    /// The kernel's V100 SXM2 IDs.
     public var idTable: [PCIMatch] { [0x1DB1, 0x1DB5, 0x1DB8, 0x1DF5].map { PCIMatch(vendor: 0x10DE, device: $0) } }
+    /// Reads the `nvlink2` section.
     public var sectionKeys: Set<String> { ["nvlink2"] }
 
+    /// `VFIO_REGION_TYPE_PCI_VENDOR_TYPE | PCI_VENDOR_ID_NVIDIA`.
     public static let regionType: UInt32 = 0x8000_0000 | 0x10DE
+    /// The GPU RAM region's subtype.
     public static let ramSubtype: UInt32 = 1
 
+    /// Declines unless the `nvlink2` section gives the GPU RAM window.
     public func probe(_ spec: DeviceSpec) -> ProbeResult {
         NVLink2Platform.probe(spec, describes: "an NPU link (memory-region, ibm,device-tgt-addr)",
                               requires: ["ramWindow": "no memory-region for the GPU RAM"])
     }
 
+    /// The core device plus the GPU RAM region.
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
         let link = try NVLink2Platform.section(spec, keys: ["ramWindow", "ramSize"], required: ["ramWindow"])
         let w = link.members["ramWindow"]!
@@ -50,20 +59,29 @@ public struct NVLink2GPUDriver: VariantDriver {
 /// Capabilities NVLINK2_SSATGT (the same `tgt` as the GPU: that is how userspace
 /// pairs them) then NVLINK2_LNKSPD (`linkSpeed`, `ibm,nvlink-speed`).
 public struct NVLink2NPUDriver: VariantDriver {
+    /// The NPU driver (it has no state).
     public init() {}
+    /// "nvlink2-npu".
     public var name: String { "nvlink2-npu" }
+    /// One line for `vfu variants`.
     public var summary: String { "POWER9 NPU2 NVLink bridge: ATSD region (mmap, SSATGT, LNKSPD)" }
+    /// The POWER9 NPU2 bridge ID.
     public var idTable: [PCIMatch] { [PCIMatch(vendor: 0x1014, device: 0x04EA)] }
+    /// Reads the `nvlink2` section.
     public var sectionKeys: Set<String> { ["nvlink2"] }
 
+    /// `VFIO_REGION_TYPE_PCI_VENDOR_TYPE | PCI_VENDOR_ID_IBM`.
     public static let regionType: UInt32 = 0x8000_0000 | 0x1014
+    /// The ATSD region's subtype.
     public static let atsdSubtype: UInt32 = 1
 
+    /// Declines unless the `nvlink2` section gives the link speed.
     public func probe(_ spec: DeviceSpec) -> ProbeResult {
         NVLink2Platform.probe(spec, describes: "a GPU behind this NPU (ibm,nvlink, ibm,device-tgt-addr)",
                               requires: ["linkSpeed": "no ibm,nvlink-speed (the link would not work)"])
     }
 
+    /// The core device plus the ATSD region.
     public func build(_ spec: DeviceSpec) throws(SpecError) -> PCIDevice {
         let link = try NVLink2Platform.section(spec, keys: ["linkSpeed", "atsdSize"], required: ["linkSpeed"])
         let speed = UInt32(try link.members["linkSpeed"]!.unsigned(max: 0xFFFF_FFFF))

@@ -9,24 +9,34 @@ import VFIOUserProtocol
 /// followed by the extended VBT. A client therefore always sees a contiguous
 /// version-2.1 layout whatever the host's version.
 public struct OpRegion: Sendable, Equatable {
+    /// The signature at offset 0.
     public static let signature = Array("IntelGraphicsMem".utf8)
     /// `OPREGION_SIZE`: what the kernel maps first, and where the extended VBT is shown.
     public static let baseSize = 0x2000
+    /// Offset of the size field (KiB).
     public static let sizeOffset = 0x10
+    /// Offset of the version field.
     public static let versionOffset = 0x16
+    /// Offset of the MBOX (mailboxes present) field.
     public static let mailboxesOffset = 0x58
     /// Mailbox 3 (ASLE) fields.
     public static let rvdaOffset = 0x3BA
+    /// RVDS: the extended VBT's size.
     public static let rvdsOffset = 0x3C2
     /// Mailbox 4: the VBT, up to 6 KiB.
     public static let vbtOffset = 0x400
+    /// Mailbox 4's size: a VBT above it goes to the extended area.
     public static let vbtMailboxSize = 0x1800
 
     /// MBOX bits (i915 `intel_opregion.c`; reference §2.3 marks them unverified).
     public static let mailboxACPI: UInt32 = 1 << 0
+    /// MBOX: mailbox 2, SWSCI.
     public static let mailboxSWSCI: UInt32 = 1 << 1
+    /// MBOX: mailbox 3, ASLE.
     public static let mailboxASLE: UInt32 = 1 << 2
+    /// MBOX: mailbox 5, ASLE extension.
     public static let mailboxASLEExt: UInt32 = 1 << 4
+    /// MBOX: backlight.
     public static let mailboxBacklight: UInt32 = 1 << 5
 
     /// What the client reads from the OpRegion region.
@@ -38,7 +48,9 @@ public struct OpRegion: Sendable, Equatable {
 
     /// Why an image cannot be used. The kernel fails the open with -EINVAL for these.
     public struct Invalid: Error, CustomStringConvertible, Equatable {
+        /// What is wrong with the image.
         public var reason: String
+        /// The reason.
         public var description: String { reason }
     }
 
@@ -98,9 +110,12 @@ public struct OpRegion: Sendable, Equatable {
         public var vbtSize = 0x400
         /// Put the VBT in the extended area even if it fits in mailbox 4.
         public var extendedVBT = false
+        /// The VBT's signature text.
         public var vbtName = "SWIFT-VFIO-USER"
+        /// Version 2.1, ACPI/SWSCI/ASLE, a 1 KiB VBT in mailbox 4.
         public init() {}
 
+        /// Whether the VBT goes to the extended area.
         public var usesExtendedVBT: Bool { extendedVBT || vbtSize > OpRegion.vbtMailboxSize }
     }
 

@@ -4,13 +4,20 @@ import PCICore
 /// One entry of a variant's id table, like the kernel's `struct pci_device_id`:
 /// nil fields match anything; the class matches under `classMask`.
 public struct PCIMatch: Sendable, Equatable, CustomStringConvertible {
+    /// Vendor ID, or any.
     public var vendor: UInt16?
+    /// Device ID, or any.
     public var device: UInt16?
+    /// Subsystem vendor ID, or any.
     public var subsystemVendor: UInt16?
+    /// Subsystem ID, or any.
     public var subsystem: UInt16?
+    /// Class code to match under `classMask`.
     public var classCode: UInt32
+    /// Class bits that must match (0: any class).
     public var classMask: UInt32
 
+    /// An entry; every field left out matches anything.
     public init(vendor: UInt16? = nil, device: UInt16? = nil, subsystemVendor: UInt16? = nil, subsystem: UInt16? = nil,
                 classCode: UInt32 = 0, classMask: UInt32 = 0) {
         self.vendor = vendor
@@ -21,6 +28,7 @@ public struct PCIMatch: Sendable, Equatable, CustomStringConvertible {
         self.classMask = classMask
     }
 
+    /// Whether `id` matches every pinned field.
     public func matches(_ id: PCIIdentity) -> Bool {
         (vendor.map { $0 == id.vendor } ?? true) && (device.map { $0 == id.device } ?? true)
             && (subsystemVendor.map { $0 == id.subsystemVendor } ?? true) && (subsystem.map { $0 == id.subsystem } ?? true)
@@ -34,6 +42,7 @@ public struct PCIMatch: Sendable, Equatable, CustomStringConvertible {
             + classMask.nonzeroBitCount
     }
 
+    /// "vvvv:dddd sub ssss:ssss" (with the class when one is pinned).
     public var description: String {
         func h(_ v: UInt16?) -> String { v.map { String(format4($0)) } ?? "*" }
         var s = "\(h(vendor)):\(h(device)) sub \(h(subsystemVendor)):\(h(subsystem))"
@@ -73,5 +82,6 @@ public protocol VariantDriver: Sendable {
 }
 
 extension VariantDriver {
+    /// No spec sections of its own.
     public var sectionKeys: Set<String> { [] }
 }

@@ -3,6 +3,7 @@ import PCICore
 
 /// The outcome of binding a spec to a driver, with the reasons for the log.
 public struct VariantBinding: Sendable {
+    /// The driver that bound.
     public var driver: any VariantDriver
     /// Why this driver bound.
     public var reason: String
@@ -18,21 +19,27 @@ public struct VariantBinding: Sendable {
 ///   entry down; a declining probe falls through to the next;
 /// - the generic core device ends the list and accepts every spec.
 public struct VariantRegistry: Sendable {
+    /// The drivers, in no particular order (matching ranks them).
     public var drivers: [any VariantDriver]
 
+    /// A registry of `drivers` (put `GenericDriver` last to have a fallback).
     public init(drivers: [any VariantDriver]) { self.drivers = drivers }
 
     /// Every variant this build knows, generic last.
     public static let standard = VariantRegistry(drivers: VariantCatalog.all + [GenericDriver()])
 
+    /// Every section some driver reads: known keys for the spec parser.
     public var sectionKeys: Set<String> { drivers.reduce(into: Set<String>()) { $0.formUnion($1.sectionKeys) } }
 
+    /// The driver called `name`, if any.
     public func driver(named name: String) -> (any VariantDriver)? { drivers.first { $0.name == name } }
 
+    /// Parses the spec at `path`, knowing every driver's sections.
     public func loadSpec(path: String) throws(SpecError) -> DeviceSpec {
         try DeviceSpec.load(path: path, sectionKeys: sectionKeys)
     }
 
+    /// Chooses the driver for `spec` (`override` forces one, like driver_override).
     public func bind(_ spec: DeviceSpec, override: String? = nil) throws(SpecError) -> VariantBinding {
         if let forced = override ?? spec.variant {
             guard let d = driver(named: forced) else {
@@ -72,5 +79,6 @@ public struct VariantRegistry: Sendable {
 
 /// The variant drivers other than the generic one.
 public enum VariantCatalog {
+    /// Every built-in variant (platform and migration).
     public static var all: [any VariantDriver] { platformVariants + migrationVariants }
 }

@@ -65,36 +65,6 @@ final class WindowedMemory: RegionAccessHandler, Sendable {
     }
 }
 
-/// Where the standard capabilities sit in a built device's config space, from the
-/// core's placement and each capability's own length rules.
-enum ConfigFootprint {
-    static func standardRanges(_ device: PCIDevice) -> [(id: UInt8, range: Range<Int>)] {
-        device.lock.withLock {
-            let caps = device.placedCapabilities.standard.sorted { $0.offset < $1.offset }
-            return caps.enumerated().map { k, cap in
-                let o = cap.offset, cfg = device.config
-                let limit = k + 1 < caps.count ? caps[k + 1].offset : 0x100
-                let len: Int
-                switch cap.id {
-                case PCICapability.powerManagementID: len = 8
-                case PCICapability.msiID:
-                    let ctl = cfg.load16(o + 2)
-                    len = 10 + (ctl & 0x80 != 0 ? 4 : 0) + (ctl & 0x100 != 0 ? 10 : 0)
-                case PCICapability.vendorSpecificID: len = Int(cfg.load8(o + 2))
-                case PCICapability.expressID: len = 0x3C
-                case PCICapability.msixID: len = 12
-                default: len = limit - o
-                }
-                return (cap.id, o..<(o + len))
-            }
-        }
-    }
-
-    /// The capability (if any) whose bytes overlap `range`.
-    static func clash(_ device: PCIDevice, _ range: Range<Int>) -> UInt8? {
-        standardRanges(device).first { $0.range.overlaps(range) }?.id
-    }
-}
 
 extension DeviceSpec {
     /// A file the spec names, relative to the spec's folder.

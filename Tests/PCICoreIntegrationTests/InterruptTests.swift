@@ -45,7 +45,7 @@ import VFIOUserTransport
         #expect(s.device.raiseInterrupt() == .intx)
         #expect(signals(fd) == 1)
         // Still asserted and automasked: raising again delivers nothing.
-        s.device.interrupts.assertINTx()
+        s.device.lock.withLock { s.device.interrupts.assertINTx() }
         #expect(silent(fd))
         // UNMASK while the line is still high delivers it again.
         try s.client.maskIRQ(index: Self.intx, vector: 0, masked: false)
@@ -61,7 +61,7 @@ import VFIOUserTransport
         let s = try Served(spec: "default")
         let fd = try s.client.enableEventFDs(index: Self.intx, count: 1)[0]
         try s.client.maskIRQ(index: Self.intx, vector: 0, masked: true)
-        s.device.interrupts.assertINTx()
+        s.device.lock.withLock { s.device.interrupts.assertINTx() }
         #expect(silent(fd), "SET_IRQS MASK holds INTx back")
         #expect(try intxStatus(s))
         try s.set16(0x04, 0x0400)
@@ -119,7 +119,7 @@ import VFIOUserTransport
         let cap = try s.capability(PCICapability.msiID)
         let fds = try s.client.enableEventFDs(index: Self.msi, count: 4)
         try s.client.maskIRQ(index: Self.msi, vector: 2, masked: true)
-        s.device.interrupts.trigger(.msi, vector: 2)
+        s.device.lock.withLock { s.device.interrupts.trigger(.msi, vector: 2) }
         #expect(silent(fds[2]))
         #expect(try s.cfg32(cap + 0x14) == 0x0000_0004)
         try s.client.maskIRQ(index: Self.msi, vector: 2, masked: false)

@@ -30,7 +30,7 @@ import VFIOUserTransport
         try s.client.write(region: 2, offset: 0x100, [0xDE, 0xAD, 0xBE, 0xEF])
         try s.client.write32(region: 0, offset: 0x08, 0x5555_AAAA)   // doorbell SCRATCH
         #expect(s.device.raiseInterrupt(vector: 0) == .msix)
-        s.device.interrupts.assertINTx()
+        s.device.lock.withLock { s.device.interrupts.assertINTx() }
         #expect(silent(msix) && silent(intx))
         #expect(try s.client.read(region: 0, offset: 0x3000, count: 1) == [1], "MSI-X PBA")
         #expect(try s.cfg16(0x06) & 0x08 != 0, "INTx status")
@@ -73,7 +73,7 @@ import VFIOUserTransport
         }
         #expect(s.device.raiseInterrupt(vector: 0) == .msix)
         #expect(signals(fds.msix) == 1)
-        s.device.interrupts.assertINTx()
+        s.device.lock.withLock { s.device.interrupts.assertINTx() }
         #expect(signals(fds.intx) == 1)
     }
 

@@ -30,9 +30,9 @@ import VFIOUserProtocol
 
     @Test func interruptsWithoutAnEventFDStayPending() throws {
         let d = try Self.device()
-        d.interrupts.trigger(.msix, vector: 1)
-        d.interrupts.trigger(.msi, vector: 0)
-        d.interrupts.assertINTx()
+        d.lock.withLock { d.interrupts.trigger(.msix, vector: 1) }
+        d.lock.withLock { d.interrupts.trigger(.msi, vector: 0) }
+        d.lock.withLock { d.interrupts.assertINTx() }
         d.lock.withLock {
             #expect(d.interrupts.isPending(.msix, vector: 1))
             #expect(d.interrupts.isPending(.msi, vector: 0))
@@ -54,7 +54,7 @@ import VFIOUserProtocol
         let t = try #require(d.msixTable)
         d.lock.withLock { for v in 0..<4 { #expect(t.isVectorMasked(v)) } }
         try d.writeRegion(index: RegionIndex.config.rawValue, offset: 4, data: [0x02, 0x00][...])
-        d.interrupts.trigger(.msix, vector: 2)
+        d.lock.withLock { d.interrupts.trigger(.msix, vector: 2) }
         #expect(try d.readRegion(index: 0, offset: 0xC00, count: 1) == [0x04])
     }
 

@@ -29,7 +29,7 @@ import VFIOUserTransport
             try client.dmaMap(mem, address: 0x10000, offset: 4096, size: 8192)
         }
         try client.dmaMap(mem, address: 0x10000, offset: 4096, size: 4096)
-        #expect(device.dma.mappings.count == 1)
+        #expect(device.dmaMappings.count == 1)
         // The device reaches exactly that page: one byte past it is EFAULT, not SIGBUS.
         mem.write(at: 4096, [0xAB])
         try client.writeConfig16(0x04, 0x0006)
@@ -49,9 +49,9 @@ import VFIOUserTransport
         #expect(throws: ClientError.server(.dmaUnmap, .EBUSY)) { try b.dmaUnmap(address: 0x20000, size: 4096) }
         #expect(throws: ClientError.server(.dmaUnmap, .EBUSY)) { try b.dmaUnmapAll() }
         #expect(throws: ClientError.server(.dmaMap, .EBUSY)) { try b.dmaMap(mem, address: 0x40000) }
-        #expect(device.dma.mappings.count == 1)
+        #expect(device.dmaMappings.count == 1)
         #expect(throws: ClientError.server(.dmaUnmap, .ENOENT)) { try a.dmaUnmap(address: 0x20000, size: 8192) }
         try a.dmaUnmapAll()
-        #expect(device.dma.mappings.isEmpty)
+        #expect(device.dmaMappings.isEmpty)
     }
 }

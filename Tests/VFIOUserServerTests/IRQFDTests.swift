@@ -25,7 +25,7 @@ import VFIOUserTransport
         let resample = try EventFD.create(nonBlocking: true)
         try client.setIRQs(index: IRQIndex.intx.rawValue, flags: [.dataEventFD, .actionUnmask], start: 0, count: 1,
                            fds: [resample.rawValue])
-        device.interrupts.assertINTx()
+        device.lock.withLock { device.interrupts.assertINTx() }
         #expect(EventFD.wait(trigger.rawValue, timeoutMs: 1000) == 1)
         // Automasked: nothing more until the unmask arrives through the resample eventfd.
         #expect(EventFD.wait(trigger.rawValue, timeoutMs: 50) == 0)
@@ -48,7 +48,7 @@ import VFIOUserTransport
         EventFD.signal(mask.rawValue)
         // The watcher applies the mask asynchronously; wait until it shows.
         for _ in 0..<100 where !device.lock.withLock({ device.interrupts.isMasked(2, 1) }) { usleep(2000) }
-        device.interrupts.trigger(.msix, vector: 1)
+        device.lock.withLock { device.interrupts.trigger(.msix, vector: 1) }
         #expect(EventFD.wait(v1.rawValue, timeoutMs: 50) == 0)
         #expect(device.lock.withLock { device.interrupts.isPending(.msix, vector: 1) })
         EventFD.signal(unmask.rawValue)

@@ -30,7 +30,7 @@ import VFIOUserTransport
         b.expectErrno(.EBUSY) { try b.write32(region: Doorbell.bar, offset: Doorbell.scratch, 0xBAD) }
         b.expectErrno(.EBUSY) { try b.dmaUnmap(address: Self.base, size: 1 << 16) }
         b.expectErrno(.EBUSY) { try b.writeConfig16(0x04, 0) }
-        #expect(s.device.dma.mappings.count == 1)
+        #expect(s.device.dmaMappings.count == 1)
         // B may still look: device info, region info (without the fd of device
         // memory), config and register reads.
         #expect(try b.deviceInfo().numRegions >= 9)
@@ -66,7 +66,7 @@ import VFIOUserTransport
         try b.dmaMap(mem, address: Self.base)
         try b.writeConfig16(0x04, Cmd.memory)
         #expect(try Doorbell.read(b, Doorbell.scratch) == 0)
-        #expect(s.device.dma.mappings.count == 1 && s.device.dma.mappings[0].owner == s.device.owner)
+        #expect(s.device.dmaMappings.count == 1 && s.device.dmaMappings[0].owner == s.device.owner)
     }
 
     /// A VMM restarted at once: its first command may come before the server has seen
@@ -80,7 +80,7 @@ import VFIOUserTransport
             try c.dmaMap(mem, address: Self.base)
             c.close()
         }
-        #expect(waitUntil { s.device.owner == nil && s.device.dma.mappings.isEmpty })
+        #expect(waitUntil { s.device.owner == nil && s.device.dmaMappings.isEmpty })
     }
 
     /// `vfu migrate` and similar tools drive migration next to the VMM that owns the device.
