@@ -53,7 +53,7 @@ public struct SpecError: Error, CustomStringConvertible, Equatable {
     /// Where a syntax error is (1-based; the column counts characters), as compilers
     /// print it: `file:line:column: reason`.
     public var line: Int?
-    /// (See `line`.)
+    /// The column of a syntax error (1-based, in characters).
     public var column: Int?
 
     /// An error about `field` of `file`.

@@ -27,6 +27,8 @@ extension RegionAccessHandler {
 
 /// The config-space region: client accesses with the write policy and hooks.
 final class ConfigRegionHandler: RegionAccessHandler, @unchecked Sendable {
+    // @unchecked: `unowned(unsafe)` is not checked Sendable; the one field never changes
+    // and ConfigSpace is guarded by the device lock.
     // The device owns both this handler and its config space, so the config space
     // outlives it; unowned(unsafe) saves a checked strong retain per config access.
     unowned(unsafe) let config: ConfigSpace
@@ -202,6 +204,7 @@ public struct Region: Sendable {
 /// Routes accesses within one region to the handler that owns each range; the
 /// rest goes to `fallback`. An access that spans two ranges is split.
 public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
+    // @unchecked: `entries` changes only with the device lock held (mapRegisters, building).
     /// One range and its handler.
     @_spi(Server) public struct Entry: Sendable {
         /// The offsets the handler serves.
@@ -283,6 +286,7 @@ public final class RegionMux: RegionAccessHandler, @unchecked Sendable {
 /// kernel provides on first touch, so a large register BAR (IGD's and Grace's are
 /// 16 MiB, almost all of it empty) costs neither start-up time nor memory.
 public final class RegisterFile: RegionAccessHandler, @unchecked Sendable {
+    // @unchecked: `storage` and `powerOn` are only touched with the device lock held.
     /// Bytes of register space.
     public let size: Int
     // Guarded by the device lock: [0, size) the bytes, [size, 2 size) their write masks.

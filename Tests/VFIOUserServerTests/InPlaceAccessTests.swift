@@ -31,7 +31,7 @@ import VFIOUserTransport
         #expect(try c.read(region: Self.ram, offset: 4096, count: 65536) == mid)
         #expect(try c.read(region: Self.ram, offset: 4090, count: 8) == Array(big[4090..<4096]) + [0xA5, 0xA5])
         // The device's own view agrees with what the client wrote.
-        #expect(s.device.barMemory[2]?.mapping.read(at: 4096, count: 4) == [0xA5, 0xA5, 0xA5, 0xA5])
+        #expect(s.device.memory(ofBAR: 2)?.mapping.read(at: 4096, count: 4) == [0xA5, 0xA5, 0xA5, 0xA5])
         // Out of bounds is refused and the stream goes on.
         #expect(throws: ClientError.self) { try c.read(region: Self.ram, offset: (1 << 20) - 2, count: 4) }
         #expect(throws: ClientError.self) { try c.write(region: Self.ram, offset: (1 << 20) - 2, [1, 2, 3, 4]) }

@@ -40,10 +40,10 @@ public struct TemperatureSensorSettings: Sendable, Equatable {
 /// 8 bytes) is how the host feeds the sensor: writing a signed 32-bit milli-°C
 /// value at offset 0 is a new reading. Embedding code can call `record(_:)` instead.
 ///
-/// Thread safety: every handler runs with the device lock held (the core takes it
-/// before calling a region handler), and `record(_:)` takes it itself, so the
-/// fields below are only touched under `device.lock`.
-public final class TemperatureSensorModel: RegionAccessHandler, @unchecked Sendable {
+/// Thread safety: the registers live in a `DeviceGuarded` box, which only code
+/// holding the device lock may touch. Handlers, reset hooks and a job's `withDevice`
+/// already hold it (the core takes it before calling them); `record(_:)` takes it.
+public final class TemperatureSensorModel: RegionAccessHandler, Sendable {
     public static let registerBlockSize: UInt64 = 0x20
     public static let idValue: UInt32 = 0x504D_4554
     public static let sensorPortSubtype: UInt32 = 1
@@ -57,30 +57,38 @@ public final class TemperatureSensorModel: RegionAccessHandler, @unchecked Senda
 
     unowned let device: PCIDevice
     public let settings: TemperatureSensorSettings
-    private var temperature: Int32
-    private var threshold: Int32 = 0
-    private var control: UInt32 = 0
-    private var status: UInt32 = 0
-    private var irqVector: UInt32 = 0
-    private var crossings: UInt32 = 0
+
+    /// The model's registers.
+    struct Registers {
+        var temperature: Int32
+        var threshold: Int32 = 0
+        var control: UInt32 = 0
+        var status: UInt32 = 0
+        var irqVector: UInt32 = 0
+        var crossings: UInt32 = 0
+    }
+    private let regs: DeviceGuarded<Registers>
 
     public init(device: PCIDevice, settings: TemperatureSensorSettings) {
         self.device = device
         self.settings = settings
-        temperature = settings.initialReading
-        resetRegisters()
+        regs = DeviceGuarded(Registers(temperature: settings.initialReading), lock: device.lock)
+        regs.withLock { Self.resetRegisters(&$0, settings) }
         // The core has already restored config space, interrupts and the MSI-X table;
         // the model puts its own registers back. The reading is the physical
         // temperature, which a reset does not change.
-        device.onReset { [weak self] _ in self?.resetRegisters() }
+        device.onReset { [weak self] _ in
+            guard let self else { return }
+            Self.resetRegisters(&self.regs.value, self.settings)
+        }
     }
 
-    private func resetRegisters() {
-        threshold = settings.threshold
-        control = 0
-        status = 0
-        irqVector = settings.vector
-        crossings = 0
+    private static func resetRegisters(_ r: inout Registers, _ settings: TemperatureSensorSettings) {
+        r.threshold = settings.threshold
+        r.control = 0
+        r.status = 0
+        r.irqVector = settings.vector
+        r.crossings = 0
     }
 
     /// A new reading from the sensor. An upward crossing of the threshold sets
@@ -91,17 +99,17 @@ public final class TemperatureSensorModel: RegionAccessHandler, @unchecked Senda
     /// (`PCIDevice.submitWork`), after the access that fed the reading has been
     /// answered, as a sensor's alarm logic would. A reset in between cancels it.
     public func record(_ milliCelsius: Int32) {
-        device.lock.withLock {
-            let old = temperature
-            temperature = milliCelsius
-            guard old < threshold, milliCelsius >= threshold else { return }
+        regs.withLock { r in
+            let old = r.temperature
+            r.temperature = milliCelsius
+            guard old < r.threshold, milliCelsius >= r.threshold else { return }
             device.submitWork { [weak self] job in
                 job.withDevice { device in
                     guard let self else { return }
-                    self.status |= Self.statusCrossed
-                    self.crossings &+= 1
-                    if self.control & Self.controlInterruptEnable != 0 {
-                        device.raiseInterrupt(vector: Int(self.irqVector))
+                    self.regs.value.status |= Self.statusCrossed
+                    self.regs.value.crossings &+= 1
+                    if self.regs.value.control & Self.controlInterruptEnable != 0 {
+                        device.raiseInterrupt(vector: Int(self.regs.value.irqVector))
                     }
                 }
             }
@@ -111,14 +119,15 @@ public final class TemperatureSensorModel: RegionAccessHandler, @unchecked Senda
     // MARK: RegionAccessHandler (the register block; offsets are relative to it)
 
     private func value(_ r: Register) -> UInt32 {
+        let v = regs.value
         switch r {
-        case .id: Self.idValue
-        case .temperature: UInt32(bitPattern: temperature)
-        case .threshold: UInt32(bitPattern: threshold)
-        case .control: control
-        case .status: status
-        case .irqVector: irqVector
-        case .crossings: crossings
+        case .id: return Self.idValue
+        case .temperature: return UInt32(bitPattern: v.temperature)
+        case .threshold: return UInt32(bitPattern: v.threshold)
+        case .control: return v.control
+        case .status: return v.status
+        case .irqVector: return v.irqVector
+        case .crossings: return v.crossings
         }
     }
 
@@ -150,10 +159,10 @@ public final class TemperatureSensorModel: RegionAccessHandler, @unchecked Senda
                 i += 1
             }
             switch r {
-            case .threshold: threshold = Int32(bitPattern: v)
-            case .control: control = v & Self.controlInterruptEnable
-            case .status: status &= ~(v & written & Self.statusCrossed)   // write 1 to clear
-            case .irqVector: irqVector = v
+            case .threshold: regs.value.threshold = Int32(bitPattern: v)
+            case .control: regs.value.control = v & Self.controlInterruptEnable
+            case .status: regs.value.status &= ~(v & written & Self.statusCrossed)   // write 1 to clear
+            case .irqVector: regs.value.irqVector = v
             case .id, .temperature, .crossings: break                      // read-only
             }
         }
@@ -164,7 +173,7 @@ public final class TemperatureSensorModel: RegionAccessHandler, @unchecked Senda
         ClosureRegionHandler(
             read: { [unowned self] o, n throws(VFIOErrno) in
                 var b = [UInt8](repeating: 0, count: 8)
-                let t = UInt32(bitPattern: self.temperature)
+                let t = UInt32(bitPattern: self.regs.value.temperature)
                 for k in 0..<4 { b[k] = UInt8(truncatingIfNeeded: t >> (8 * UInt32(k))) }
                 return Array(b[Int(o)..<(Int(o) + n)])
             },

@@ -1,6 +1,5 @@
 import DeviceSpecs
-// The server-side entry points (what a test drives directly) are SPI.
-@_spi(Server) import PCICore
+import PCICore
 import TemperatureSensor
 import Testing
 import VFIOUserClient
