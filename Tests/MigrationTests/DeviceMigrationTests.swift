@@ -195,8 +195,11 @@ import VFIOUserTransport
             var s = bytes
             s[bit / 8] ^= 1 << UInt8(bit % 8)
             let loader = MigrationStreamLoader(consumer: b.model!)
-            s.withUnsafeBytes { loader.write($0) }
-            let verdict = loader.finish()
+            // The model is the loader's consumer: its callbacks run under the device lock.
+            let verdict = b.device.lock.withLock {
+                s.withUnsafeBytes { loader.write($0) }
+                return loader.finish()
+            }
             #expect(verdict != nil, "bit \(bit) of \(bytes.count * 8) flipped, and the stream was accepted")
             if let verdict { #expect([VFIOErrno.EBADMSG, .EPROTO, .ENODEV, .EOPNOTSUPP, .ENODATA].contains(verdict.errno), "bit \(bit): \(verdict)") }
         }
@@ -204,10 +207,10 @@ import VFIOUserTransport
         var at = 0
         while at < bytes.count {
             let n = min(bytes.count - at, Int.random(in: 1...9000, using: &rng))
-            bytes[at..<(at + n)].withUnsafeBytes { loader.write($0) }
+            b.device.lock.withLock { bytes[at..<(at + n)].withUnsafeBytes { loader.write($0) } }
             at += n
         }
-        #expect(loader.finish() == nil)
+        #expect(b.device.lock.withLock { loader.finish() } == nil)
     }
 
     @Test func corruptedTruncatedAndForeignStreamsAreEachRefusedWithTheirOwnError() throws {
