@@ -3,13 +3,21 @@ import FoundationEssentials
 /// A parsed JSON document that keeps integers exact (64-bit register values and
 /// serial numbers do not survive a round trip through Double).
 public enum JSONValue: Sendable, Equatable, Decodable {
+    /// `null`.
     case null
+    /// `true` or `false`.
     case bool(Bool)
+    /// An integer that fits Int64.
     case integer(Int64)
+    /// A non-negative integer above Int64.max.
     case unsigned(UInt64)
+    /// A number with a fraction or exponent.
     case double(Double)
+    /// A string.
     case string(String)
+    /// An array.
     case array([JSONValue])
+    /// An object (key order is not kept).
     case object([String: JSONValue])
 
     /// Decodes any JSON value, integers kept exact.

@@ -28,7 +28,14 @@ public struct PCIIdentity: Sendable, Equatable {
 /// One Base Address Register.
 public struct BARDescriptor: Sendable, Equatable {
     /// What the BAR decodes: 32-bit memory, 64-bit memory (two slots) or I/O.
-    public enum Kind: String, Sendable, Equatable { case memory32, memory64, io }
+    public enum Kind: String, Sendable, Equatable {
+        /// 32-bit memory.
+        case memory32
+        /// 64-bit memory: takes this slot and the next.
+        case memory64
+        /// I/O space (4-256 bytes, register-backed).
+        case io
+    }
     /// What serves the BAR's bytes.
     public enum Backing: Sendable, Equatable {
         /// Registers served by handlers (a `RegisterFile` plus whatever the device adds).

@@ -8,7 +8,9 @@ import VFIOUserTransport
 /// range; `count` is whatever the client asked for (QEMU: 1, 2, 4 or 8 bytes;
 /// other clients: anything up to max_data_xfer_size) and has been bounds-checked.
 public protocol RegionAccessHandler: AnyObject, Sendable {
+    /// Returns `count` bytes at `offset` (an errno fails the client's access).
     func read(offset: UInt64, count: Int) throws(VFIOErrno) -> [UInt8]
+    /// Takes the client's `data` at `offset` (an errno fails the client's access).
     func write(offset: UInt64, data: ArraySlice<UInt8>) throws(VFIOErrno)
     /// Reads `buffer.count` bytes into `buffer`. The REGION_READ hot path calls this so
     /// that a reply needs no array; the default goes through `read(offset:count:)`,
@@ -126,7 +128,14 @@ public struct Region: Sendable {
     public var decodeGate: DecodeGate
 
     /// Which Command register bit must be set for accesses to succeed.
-    public enum DecodeGate: Sendable { case none, memorySpace, ioSpace }
+    public enum DecodeGate: Sendable {
+        /// Always decodes (config space, device-specific regions).
+        case none
+        /// Needs Memory Space Enable (memory BARs, the ROM).
+        case memorySpace
+        /// Needs I/O Space Enable (I/O BARs).
+        case ioSpace
+    }
 
     /// A region; readable and writable, not mmap-able, not gated, unless said otherwise.
     public init(index: UInt32, size: UInt64, readable: Bool = true, writable: Bool = true, mmappable: Bool = false,

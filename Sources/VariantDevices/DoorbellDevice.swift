@@ -20,13 +20,45 @@ public final class DoorbellDevice: RegionAccessHandler, Sendable {
 
     /// Register offsets from the model's base.
     public enum Register: UInt64 {
-        case magic = 0x00, version = 0x04, scratch = 0x08, completions = 0x0C
-        case dmaAddressLow = 0x10, dmaAddressHigh = 0x14, dmaLength = 0x18, pattern = 0x1C
-        case doorbell = 0x20, irqVector = 0x24, result = 0x28, error = 0x2C, irqCount = 0x30, irqAck = 0x34
+        /// MAGIC (RO).
+        case magic = 0x00
+        /// VERSION (RO).
+        case version = 0x04
+        /// SCRATCH: any value, read back.
+        case scratch = 0x08
+        /// COMPLETIONS: commands finished (RO).
+        case completions = 0x0C
+        /// DMA address, low dword.
+        case dmaAddressLow = 0x10
+        /// DMA address, high dword.
+        case dmaAddressHigh = 0x14
+        /// DMA_LEN: bytes to fill or checksum.
+        case dmaLength = 0x18
+        /// PATTERN: FILL's first dword.
+        case pattern = 0x1C
+        /// DOORBELL: writing a command starts it (reads 0).
+        case doorbell = 0x20
+        /// IRQ_VECTOR: the vector raised on completion.
+        case irqVector = 0x24
+        /// RESULT: CHECKSUM's FNV-1a (RO).
+        case result = 0x28
+        /// ERROR: the last command's errno, 0 on success (RO).
+        case error = 0x2C
+        /// IRQ_COUNT: completion interrupts raised (RO).
+        case irqCount = 0x30
+        /// IRQ_ACK: writing bit 0 lowers INTx (reads 0).
+        case irqAck = 0x34
     }
 
     /// What a DOORBELL write asks for: fill memory, checksum memory, or just interrupt.
-    public enum Command: UInt32, Sendable { case fill = 1, checksum = 2, interrupt = 3 }
+    public enum Command: UInt32, Sendable {
+        /// Write DMA_LEN bytes of the pattern at the DMA address.
+        case fill = 1
+        /// FNV-1a of DMA_LEN bytes at the DMA address into RESULT.
+        case checksum = 2
+        /// Just complete and raise the interrupt.
+        case interrupt = 3
+    }
 
     unowned let device: PCIDevice
     /// The registers, guarded by the device lock (handlers, reset hooks and jobs'

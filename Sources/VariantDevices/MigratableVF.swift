@@ -36,14 +36,55 @@ public final class MigratableVF: RegionAccessHandler, MigrationHandler, Migratio
 
     /// Register offsets from `registersOffset`.
     public enum Register: Int {
-        case magic = 0x00, version = 0x04, control = 0x08, status = 0x0C, ringLow = 0x10, ringHigh = 0x14
-        case ringSize = 0x18, ringTail = 0x1C, ringHead = 0x20, irqVector = 0x24, completions = 0x28
-        case errors = 0x2C, irqCount = 0x30, scratch = 0x34, bytesLow = 0x38, bytesHigh = 0x3C, ticks = 0x40
-        case digestLow = 0x44, digestHigh = 0x48
+        /// MAGIC "MVF1" (RO).
+        case magic = 0x00
+        /// VERSION (RO).
+        case version = 0x04
+        /// CONTROL: ENABLE, IRQ_ENABLE.
+        case control = 0x08
+        /// STATUS (RO).
+        case status = 0x0C
+        /// RING_BASE, low dword.
+        case ringLow = 0x10
+        /// RING_BASE, high dword.
+        case ringHigh = 0x14
+        /// RING_SIZE: entries, a power of two up to 4096.
+        case ringSize = 0x18
+        /// RING_TAIL: the guest's producer index (free-running).
+        case ringTail = 0x1C
+        /// RING_HEAD: the engine's consumer index (RO).
+        case ringHead = 0x20
+        /// IRQ_VECTOR: raised after a batch.
+        case irqVector = 0x24
+        /// COMPLETIONS: descriptors done (RO).
+        case completions = 0x28
+        /// ERRORS: descriptors failed (RO).
+        case errors = 0x2C
+        /// IRQ_COUNT: interrupts raised (RO).
+        case irqCount = 0x30
+        /// SCRATCH: any value, read back.
+        case scratch = 0x34
+        /// BYTES processed, low dword (RO).
+        case bytesLow = 0x38
+        /// BYTES processed, high dword (RO).
+        case bytesHigh = 0x3C
+        /// TICKS: looks at the ring (RO).
+        case ticks = 0x40
+        /// DIGEST (running XXH64 of results), low dword (RO).
+        case digestLow = 0x44
+        /// DIGEST, high dword (RO).
+        case digestHigh = 0x48
     }
 
     /// Descriptor operations.
-    public enum Op: UInt32 { case hash = 1, store = 2, load = 3 }
+    public enum Op: UInt32 {
+        /// XXH64 of len bytes at src (seeded with cookie) → {cookie, hash} at dst.
+        case hash = 1
+        /// len bytes at src → the RAM BAR at dst.
+        case store = 2
+        /// The RAM BAR at src → len bytes at dst.
+        case load = 3
+    }
     /// CONTROL bit 0: the engine takes descriptors.
     public static let controlEnable: UInt32 = 1
     /// CONTROL bit 1: interrupt after a batch.

@@ -63,15 +63,20 @@ func format4(_ v: UInt16) -> String {
 
 /// What a probe decided.
 public enum ProbeResult: Sendable, Equatable {
+    /// The spec has what the driver needs: it builds the device.
     case accept
+    /// It does not; the reason is logged and the next candidate is tried.
     case decline(String)
 }
 
 /// A variant device driver: which devices it claims, whether a spec has what it
 /// needs, and how to build the device on top of the core's public API.
 public protocol VariantDriver: Sendable {
+    /// A short unique name (`--variant`, the spec's `variant`).
     var name: String { get }
+    /// One line for `vfu variants`.
     var summary: String { get }
+    /// The devices the driver claims (like the kernel's `pci_device_id` table).
     var idTable: [PCIMatch] { get }
     /// Top-level spec sections this variant reads (they are unknown keys to others).
     var sectionKeys: Set<String> { get }
